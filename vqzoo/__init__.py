@@ -1,0 +1,21 @@
+"""vqzoo: discrete image tokenizers and the token priors on top of them."""
+
+from vqzoo.quantize import (
+    Codebook,
+    DeadCodeReset,
+    GradientMagnitudeReset,
+    OrthogonalRegularizer,
+    QuantizerOutput,
+    VectorQuantizer,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Codebook",
+    "DeadCodeReset",
+    "GradientMagnitudeReset",
+    "OrthogonalRegularizer",
+    "QuantizerOutput",
+    "VectorQuantizer",
+]

@@ -1,0 +1,319 @@
+"""The QG-VAE U-Net and its grid positional encoding (pure torch, no Lightning).
+
+QG-VAE (Elsner et al., "Quantised Global Autoencoder") wraps its global
+bottleneck in two U-Nets: the encoder turns an image into C feature maps at
+``W / 2**f``, the decoder turns C feature maps back into an image. The layout
+follows the facts recorded from the authors' notebooks
+(``papers/reference-implementations.md`` section B); the code is our own.
+
+Layout of :class:`QGUNet`
+-------------------------
+* **Conditioning.** The U-Net's own input concatenated with a grid positional
+  encoding ``sin/cos(2**i * (x / W, y / W))`` for ``i < num_frequencies``
+  (:func:`grid_positional_encoding`). It is resized to every residual block's
+  resolution and added to the block input through a 1x1 convolution. Because
+  the conditioning contains the input itself, every level of the hourglass
+  sees the input at its own resolution: this is how the reference network
+  moves detail past the bottleneck without U-Net skip concatenations (it has
+  none, and neither do we).
+* **Hourglass.** A 3x3 stem, then down levels from the input resolution to
+  ``bottom_resolution`` (each ``num_res_blocks`` residual blocks followed by a
+  bilinear 0.5x resize), then up levels from ``bottom_resolution`` to the
+  output resolution (a bilinear 2x resize followed by ``num_res_blocks``
+  residual blocks). Input and output resolutions may differ: the encoder
+  "skips the top f upsamplings" (in ``W``, out ``W / 2**f``) and the decoder
+  "skips the top f downsamplings" (in ``W / 2**f``, out ``W``).
+* **Channels.** The width of a level at resolution ``r`` is
+  ``min(max_channels, start_channels * 2**(d + 1))`` with
+  ``d = log2(in_resolution / r)`` (``d + 1`` clamped at 0 for levels above the
+  input resolution): the reference doubles the width at every level below the
+  stem, capped at ``max_channels``. The encoder starts at 16 channels, the
+  decoder at ``max_channels`` (so the reference decoder is ``max_channels``
+  wide everywhere).
+* **Residual blocks** are Imagen-style: GroupNorm (groups = the largest divisor
+  of the width that is at most 16, eps 1e-5), SiLU, 3x3 conv, GroupNorm, SiLU,
+  3x3 conv, plus a bias-free 1x1 skip.
+* **Output.** GroupNorm, SiLU and a bias-free 3x3 ``out_projection``, plus a
+  bias-free 3x3 ``mega_residual`` conv applied to the U-Net input resized to
+  the output resolution. The GroupNorm/SiLU before the projection is our
+  choice (the notes do not say); it keeps the projection's input normalised as
+  in the residual blocks.
+
+Decisions where the notes are silent: at the bottom resolution the down and
+the up residual blocks both run (a "middle" of ``2 * num_res_blocks``
+blocks); the conditioning is resized by area averaging when shrinking and
+bilinear interpolation when growing; inputs smaller than ``bottom_resolution``
+simply do not recurse.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "grid_positional_encoding",
+    "group_count",
+    "ConditionedResBlock",
+    "QGUNet",
+    "QGDiscriminator",
+]
+
+
+def group_count(channels: int, max_groups: int = 16) -> int:
+    """Largest divisor of ``channels`` that is at most ``max_groups``.
+
+    The reference normalises with as many groups as possible up to 16 while
+    still dividing the width exactly, so odd widths (1, 3, 67, ...) work.
+    """
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    for g in range(min(max_groups, channels), 0, -1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def grid_positional_encoding(
+    height: int,
+    width: int,
+    num_frequencies: int = 16,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Grid encoding ``sin/cos(2**i * (x / W, y / W))`` for ``i < num_frequencies``.
+
+    Returns a ``(4 * num_frequencies, height, width)`` tensor. Channel order:
+    for each frequency ``i`` the four maps ``sin(2**i x/W), cos(2**i x/W),
+    sin(2**i y/W), cos(2**i y/W)``, with ``x`` the column and ``y`` the row
+    index in pixels. Both coordinates are divided by the width, as in the
+    reference (which only uses square images). There is no factor pi: the
+    reference uses the bare powers of two.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"grid size must be positive, got {height}x{width}")
+    if num_frequencies < 0:
+        raise ValueError(f"num_frequencies must be >= 0, got {num_frequencies}")
+    ys = torch.arange(height, device=device, dtype=torch.float64) / width
+    xs = torch.arange(width, device=device, dtype=torch.float64) / width
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    maps = []
+    for i in range(num_frequencies):
+        scale = 2.0**i
+        maps += [
+            torch.sin(scale * xx),
+            torch.cos(scale * xx),
+            torch.sin(scale * yy),
+            torch.cos(scale * yy),
+        ]
+    if not maps:
+        return torch.zeros(0, height, width, device=device, dtype=dtype)
+    return torch.stack(maps).to(dtype)
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    """Area-average when shrinking (exact for power-of-two factors), bilinear when growing."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if size < h:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class ConditionedResBlock(nn.Module):
+    """Imagen-style residual block with an additive 1x1 conditioning input.
+
+    ``out = conv(SiLU(GN(conv(SiLU(GN(h)))))) + skip(h)`` with
+    ``h = x + cond_proj(cond)``; ``skip`` is a bias-free 1x1 convolution (kept
+    even when widths match, as in the reference).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, cond_channels: int = 0) -> None:
+        super().__init__()
+        self.cond_proj = nn.Conv2d(cond_channels, in_channels, 1) if cond_channels > 0 else None
+        self.norm1 = nn.GroupNorm(group_count(in_channels), in_channels, eps=1e-5)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(group_count(out_channels), out_channels, eps=1e-5)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        if self.cond_proj is not None:
+            if cond is None:
+                raise ValueError("this block was built with conditioning channels but got cond=None")
+            x = x + self.cond_proj(cond)
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class QGUNet(nn.Module):
+    """Hourglass U-Net of QG-VAE, conditioned on its input and a grid encoding.
+
+    Maps ``(B, in_channels, in_resolution, in_resolution)`` to
+    ``(B, out_channels, out_resolution, out_resolution)``; both resolutions
+    must be powers of two times each other (see the module docstring for the
+    layout and the decisions behind it).
+
+    Args:
+        in_channels: channels of the input (3 for images, C for the decoder).
+        out_channels: channels of the output.
+        in_resolution: side length of the (square) input.
+        out_resolution: side length of the output.
+        start_channels: stem width; level widths double from it (16 in the
+            reference encoder, ``max_channels`` in the reference decoder).
+        max_channels: cap on the level width (table 3's "Channels").
+        num_res_blocks: residual blocks per level and direction (table 3's "Blocks").
+        num_frequencies: frequencies of the grid encoding (16 in the reference).
+        bottom_resolution: the hourglass recurses while the width is larger
+            than this (8 in the reference).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        in_resolution: int,
+        out_resolution: int,
+        start_channels: int = 16,
+        max_channels: int = 128,
+        num_res_blocks: int = 1,
+        num_frequencies: int = 16,
+        bottom_resolution: int = 8,
+    ) -> None:
+        super().__init__()
+        for name, value in {
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "in_resolution": in_resolution,
+            "out_resolution": out_resolution,
+            "start_channels": start_channels,
+            "max_channels": max_channels,
+            "num_res_blocks": num_res_blocks,
+            "bottom_resolution": bottom_resolution,
+        }.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if num_frequencies < 0:
+            raise ValueError(f"num_frequencies must be >= 0, got {num_frequencies}")
+        for name, value in {"in_resolution": in_resolution, "out_resolution": out_resolution}.items():
+            if value & (value - 1):
+                raise ValueError(f"{name} must be a power of two, got {value}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.in_resolution = in_resolution
+        self.out_resolution = out_resolution
+        self.num_frequencies = num_frequencies
+        cond_channels = in_channels + 4 * num_frequencies
+
+        bottom = min(bottom_resolution, in_resolution, out_resolution)
+        down_res = [in_resolution >> i for i in range(int(math.log2(in_resolution // bottom)) + 1)]
+        up_res = [bottom << i for i in range(int(math.log2(out_resolution // bottom)) + 1)]
+
+        def width(r: int) -> int:
+            depth = int(math.log2(in_resolution)) - int(math.log2(r))
+            return min(max_channels, start_channels * 2 ** max(depth + 1, 0))
+
+        self.stem = nn.Conv2d(in_channels, start_channels, 3, padding=1)
+        self.down_resolutions = down_res
+        self.up_resolutions = up_res
+        self.down = nn.ModuleList()
+        ch = start_channels
+        for r in down_res:
+            level = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                level.append(ConditionedResBlock(ch, width(r), cond_channels))
+                ch = width(r)
+            self.down.append(level)
+        self.up = nn.ModuleList()
+        for r in up_res:
+            level = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                level.append(ConditionedResBlock(ch, width(r), cond_channels))
+                ch = width(r)
+            self.up.append(level)
+        self.out_norm = nn.GroupNorm(group_count(ch), ch, eps=1e-5)
+        self.out_projection = nn.Conv2d(ch, out_channels, 3, padding=1, bias=False)
+        self.mega_residual = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+
+    def conditioning(self, x: Tensor) -> Tensor:
+        """The input concatenated with the grid encoding at the input's resolution."""
+        b, _, h, w = x.shape
+        grid = grid_positional_encoding(h, w, self.num_frequencies, device=x.device, dtype=x.dtype)
+        return torch.cat([x, grid.unsqueeze(0).expand(b, -1, -1, -1)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        expected = (self.in_channels, self.in_resolution, self.in_resolution)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"QGUNet expected input (B, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}")
+        cond_full = self.conditioning(x)
+        cond_at: dict[int, Tensor] = {}
+
+        def cond(r: int) -> Tensor:
+            if r not in cond_at:
+                cond_at[r] = _resize(cond_full, r)
+            return cond_at[r]
+
+        h = self.stem(x)
+        for i, (r, level) in enumerate(zip(self.down_resolutions, self.down)):
+            if i > 0:
+                h = F.interpolate(h, scale_factor=0.5, mode="bilinear", align_corners=False)
+            for block in level:
+                h = block(h, cond(r))
+        for i, (r, level) in enumerate(zip(self.up_resolutions, self.up)):
+            if i > 0:
+                h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
+            for block in level:
+                h = block(h, cond(r))
+        out = self.out_projection(F.silu(self.out_norm(h)))
+        return out + self.mega_residual(_resize(x, self.out_resolution))
+
+
+class QGDiscriminator(nn.Module):
+    """The QGGAN discriminator: residual block -> :class:`QGUNet` -> residual block.
+
+    Outputs a full-resolution patch map ``(B, 1, R, R)`` of logits. Layout from
+    the reference notes: a residual block 3 -> ``channels``, a U-Net at
+    ``channels`` wide (same input and output resolution), a residual block
+    ``channels`` -> 1. The outer residual blocks are unconditioned (the U-Net
+    carries the conditioning).
+
+    Args:
+        in_channels: image channels.
+        resolution: image side length (power of two).
+        channels: width of the outer blocks and the U-Net's stem (16 in the reference).
+        max_channels: cap on the inner U-Net's width.
+        num_res_blocks: residual blocks per U-Net level.
+        num_frequencies: frequencies of the U-Net's grid encoding.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        resolution: int = 128,
+        channels: int = 16,
+        max_channels: int = 128,
+        num_res_blocks: int = 1,
+        num_frequencies: int = 16,
+    ) -> None:
+        super().__init__()
+        self.inp = ConditionedResBlock(in_channels, channels)
+        self.unet = QGUNet(
+            channels,
+            channels,
+            resolution,
+            resolution,
+            start_channels=channels,
+            max_channels=max_channels,
+            num_res_blocks=num_res_blocks,
+            num_frequencies=num_frequencies,
+        )
+        self.out = ConditionedResBlock(channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.unet(self.inp(x)))

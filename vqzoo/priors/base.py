@@ -1,0 +1,477 @@
+"""Shared machinery of the token priors: optimizer, logging, frozen tokenizer, sampling helpers.
+
+A prior is a :class:`lightning.LightningModule` that models the distribution of
+a tokenizer's indices. It trains either on token tensors written by
+:func:`vqzoo.data.tokens.encode_tokens` (fast: the tokenizer runs once), or on
+images through a *frozen tokenizer* given by path (``tokenizer=...``), which
+tokenizes each batch on the fly under ``no_grad`` in eval mode.
+
+Decisions recorded here (the spec is silent on them):
+
+* The frozen tokenizer is **not** a registered submodule: its weights do not
+  enter the prior's ``state_dict`` or checkpoint (the checkpoint stores only
+  the path in its hyperparameters), it is not wrapped by DDP, and
+  ``prior.train()`` never flips it out of eval mode. It is moved to the
+  batch's device when used.
+* Batches may be a tensor, a ``(main, extra[, ...])`` tuple/list or a dict;
+  see :func:`vqzoo.data.tokens.split_batch` for the accepted keys. In a tuple,
+  a 1-D integer second element is a class label and a 2-D one is text ids.
+* Optimizer (minGPT): AdamW; weight decay on ``nn.Linear`` weights only,
+  never on biases, LayerNorm, embeddings or positional tables. The learning
+  rate schedule is linear warmup over ``warmup_steps`` followed by either a
+  constant rate or a cosine decay to ``min_lr_ratio * lr`` at
+  ``total_steps`` (default: the trainer's ``estimated_stepping_batches``),
+  stepped once per optimizer step.
+* Checkpoints carry the prior's class path under ``"vqzoo_prior_class"`` so
+  :func:`load_prior` can rebuild the right class from a path alone.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import importlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Prior",
+    "PriorBatch",
+    "filter_logits",
+    "load_prior",
+    "sample_logits",
+]
+
+
+@dataclass
+class PriorBatch:
+    """A batch normalised for a prior: image tokens plus optional conditions."""
+
+    tokens: Tensor
+    labels: Tensor | None = None
+    text: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------
+# sampling helpers shared by the priors
+# ---------------------------------------------------------------------------
+
+
+def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not (temperature >= 0.0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set logits outside the top-k and/or the nucleus (top-p) to ``-inf``.
+
+    top-k keeps every logit >= the k-th largest (ties at the boundary are kept).
+    top-p keeps the smallest set of most likely tokens whose probability mass
+    reaches ``top_p``: a token is dropped when the mass of the strictly more
+    likely tokens before it (in sorted order) already reaches ``top_p``. The
+    most likely token is always kept. top-k is applied first.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, int(top_k), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits.float(), dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_logits(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw one token per row of ``logits`` (``(..., V)`` -> ``(...)``).
+
+    ``temperature == 0`` means greedy (argmax, no random draw). Otherwise one
+    ``torch.multinomial`` call draws all rows from ``generator``, so two code
+    paths that produce the same logits in the same order consume the same
+    random numbers.
+    """
+    _check_sampling_args(temperature, top_k, top_p)
+    if temperature == 0.0:
+        return filter_logits(logits, top_k, top_p).argmax(dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def classifier_free_guidance(logits: Tensor, n: int, scale: float | None) -> Tensor:
+    """Combine a doubled batch ``[cond; uncond]`` as ``u + scale * (c - u)``.
+
+    With ``scale=None`` the logits are returned unchanged (no doubled batch).
+    """
+    if scale is None:
+        return logits
+    cond, uncond = logits[:n].float(), logits[n:].float()
+    return uncond + scale * (cond - uncond)
+
+
+# ---------------------------------------------------------------------------
+# checkpoint loading
+# ---------------------------------------------------------------------------
+
+
+def _resolve_class(path: str) -> type:
+    module_name, _, qualname = path.rpartition(".")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_prior(
+    path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
+) -> Prior:
+    """Rebuild a prior (MiniGPT, MaskGIT, ...) from a Lightning checkpoint path.
+
+    The class is read from the checkpoint's ``"vqzoo_prior_class"`` entry.
+    ``overrides`` replace constructor arguments (e.g. ``tokenizer="other.ckpt"``).
+    The file is read with ``weights_only=False`` because Lightning checkpoints
+    hold hyperparameters as Python objects; load only checkpoints you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prior checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    class_path = ckpt.get("vqzoo_prior_class")
+    if class_path is None:
+        raise ValueError(
+            f"{path} has no 'vqzoo_prior_class' entry; it was not saved by a vqzoo prior. "
+            "Load it with the model class directly, e.g. MiniGPT.load_from_checkpoint(path)"
+        )
+    cls = _resolve_class(class_path)
+    return cls.load_from_checkpoint(path, map_location=map_location, **overrides)
+
+
+# ---------------------------------------------------------------------------
+# the base LightningModule
+# ---------------------------------------------------------------------------
+
+
+class Prior(L.LightningModule, metaclass=abc.ABCMeta):
+    """Base class of the token priors.
+
+    Args:
+        lr: peak learning rate of AdamW.
+        weight_decay: decoupled weight decay, applied to ``nn.Linear`` weights only.
+        betas: AdamW betas (minGPT: (0.9, 0.95)).
+        warmup_steps: linear warmup length in optimizer steps (0 = none).
+        lr_schedule: ``"constant"`` after warmup, or ``"cosine"`` decay to
+            ``min_lr_ratio * lr`` at ``total_steps``.
+        min_lr_ratio: floor of the cosine schedule as a fraction of ``lr``.
+        total_steps: length of the cosine schedule; ``None`` uses the
+            trainer's ``estimated_stepping_batches``.
+        tokenizer: path to a tokenizer checkpoint (``.ckpt``) or export
+            directory. When set, batches hold *images*, tokenized on the fly by
+            the frozen tokenizer, and :meth:`sample_images` can decode samples.
+
+    Subclasses set ``self.vocab_size`` and ``self.token_shape`` and implement
+    :meth:`compute_loss` and :meth:`generate`.
+    """
+
+    vocab_size: int
+    token_shape: tuple[int, ...]
+
+    def __init__(
+        self,
+        lr: float = 3e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        min_lr_ratio: float = 0.0,
+        total_steps: int | None = None,
+        tokenizer: str | None = None,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        if total_steps is not None and total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1 or None, got {total_steps}")
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.warmup_steps = warmup_steps
+        self.lr_schedule = lr_schedule
+        self.min_lr_ratio = min_lr_ratio
+        self.total_steps = total_steps
+        self.tokenizer_path = tokenizer
+        # Bypass nn.Module registration on purpose (see the module docstring).
+        object.__setattr__(self, "_frozen_tokenizer", None)
+
+    # -- abstract interface ---------------------------------------------------
+
+    @abc.abstractmethod
+    def compute_loss(self, batch: PriorBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return the training loss and a dict of named scalars to log."""
+        ...
+
+    @abc.abstractmethod
+    def generate(self, n: int, condition: Any = None, **kwargs: Any) -> Tensor:
+        """Sample ``n`` token arrays of shape ``(n, *token_shape)``."""
+        ...
+
+    # -- frozen tokenizer -------------------------------------------------------
+
+    @property
+    def frozen_tokenizer(self) -> nn.Module | None:
+        """The frozen tokenizer, loaded from ``tokenizer`` on first use (or ``None``)."""
+        tok = self.__dict__["_frozen_tokenizer"]
+        if tok is None and self.tokenizer_path is not None:
+            from vqzoo.tokenizers.base import load_tokenizer
+
+            path = Path(self.tokenizer_path)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"tokenizer checkpoint or export directory not found: {path} "
+                    "(set the prior's `tokenizer` argument to a trained tokenizer)"
+                )
+            tok = self.set_tokenizer(load_tokenizer(str(path)))
+        return tok
+
+    def set_tokenizer(self, tokenizer: nn.Module) -> nn.Module:
+        """Attach an already-built tokenizer (frozen, eval mode) after checking it fits.
+
+        The tokenizer must expose ``tokenize``, ``detokenize``, ``vocab_size``
+        and ``token_shape``; its vocabulary size and token shape must match
+        this prior's configuration.
+        """
+        for attr in ("tokenize", "detokenize", "vocab_size", "token_shape"):
+            if not hasattr(tokenizer, attr):
+                raise ValueError(f"tokenizer {type(tokenizer).__name__} has no {attr!r} attribute")
+        self.check_token_spec(int(tokenizer.vocab_size), tuple(tokenizer.token_shape), "tokenizer")
+        tokenizer.eval()
+        for p in tokenizer.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "_frozen_tokenizer", tokenizer)
+        return tokenizer
+
+    def token_shape_matches(self, shape: tuple[int, ...]) -> bool:
+        """Whether token arrays of ``shape`` (without batch) fit this prior."""
+        return tuple(shape) == tuple(self.token_shape)
+
+    def check_token_spec(self, vocab_size: int, token_shape: tuple[int, ...], source: str) -> None:
+        """Raise ``ValueError`` unless ``source``'s vocabulary and token shape match this prior."""
+        if vocab_size != self.vocab_size:
+            raise ValueError(
+                f"{source} has vocab_size={vocab_size} but {type(self).__name__} was configured "
+                f"with vocab_size={self.vocab_size}"
+            )
+        if not self.token_shape_matches(tuple(token_shape)):
+            raise ValueError(
+                f"{source} has token_shape={tuple(token_shape)} but {type(self).__name__} was "
+                f"configured with token_shape={tuple(self.token_shape)}"
+            )
+
+    def _tokenizer_on(self, device: torch.device) -> nn.Module:
+        tok = self.frozen_tokenizer
+        if tok is None:
+            raise ValueError(
+                f"{type(self).__name__} has no tokenizer; pass `tokenizer=<path>` or call "
+                "set_tokenizer(...) to train on images or decode samples"
+            )
+        param = next(iter(tok.parameters()), None)
+        if param is not None and param.device != device:
+            tok.to(device)
+        tok.eval()
+        return tok
+
+    @torch.no_grad()
+    def tokenize_images(self, images: Tensor) -> Tensor:
+        """Indices of ``images`` under the frozen tokenizer, shaped ``(B, *token_shape)``."""
+        if not images.is_floating_point() or images.dim() != 4:
+            raise ValueError(
+                "with a frozen tokenizer the prior expects float image batches (B, C, H, W), got "
+                f"{images.dtype} of shape {tuple(images.shape)}"
+            )
+        tok = self._tokenizer_on(images.device)
+        return tok.tokenize(images).long()
+
+    @torch.no_grad()
+    def sample_images(self, n: int, condition: Any = None, **generate_kwargs: Any) -> Tensor:
+        """Sample ``n`` token arrays and decode them with the frozen tokenizer."""
+        tokens = self.generate(n, condition, **generate_kwargs)
+        tok = self._tokenizer_on(tokens.device)
+        return tok.detokenize(tokens.reshape(n, *tuple(tok.token_shape)))
+
+    # -- Lightning hooks ---------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        # Fail before the first step if the tokenizer or token data do not fit.
+        if self.tokenizer_path is not None:
+            _ = self.frozen_tokenizer
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        meta = getattr(datamodule, "meta", None)
+        if isinstance(meta, dict) and "vocab_size" in meta and "token_shape" in meta:
+            if self.tokenizer_path is not None:
+                raise ValueError(
+                    "the prior has a frozen tokenizer (expects image batches) but the datamodule "
+                    "provides pre-encoded tokens; drop `tokenizer` or use an image datamodule"
+                )
+            self.check_token_spec(int(meta["vocab_size"]), tuple(meta["token_shape"]), "token data")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        cls = type(self)
+        checkpoint["vqzoo_prior_class"] = f"{cls.__module__}.{cls.__qualname__}"
+
+    def prepare_batch(self, batch: Any) -> PriorBatch:
+        """Normalise a dataloader batch into a :class:`PriorBatch` (tokenizing images if needed)."""
+        from vqzoo.data.tokens import split_batch
+
+        main, labels, text = split_batch(batch)
+        if self.tokenizer_path is not None or self.__dict__["_frozen_tokenizer"] is not None:
+            main = self.tokenize_images(main)
+        return PriorBatch(tokens=main, labels=labels, text=text)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        pb = self.prepare_batch(batch)
+        loss, logs = self.compute_loss(pb)
+        bs = pb.tokens.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for k, v in logs.items():
+            self.log(f"train/{k}", v, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        pb = self.prepare_batch(batch)
+        loss, logs = self.compute_loss(pb)
+        bs = pb.tokens.shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        for k, v in logs.items():
+            self.log(f"val/{k}", v, batch_size=bs, sync_dist=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        pb = self.prepare_batch(batch)
+        loss, logs = self.compute_loss(pb)
+        bs = pb.tokens.shape[0]
+        self.log("test/loss", loss, batch_size=bs, sync_dist=True)
+        for k, v in logs.items():
+            self.log(f"test/{k}", v, batch_size=bs, sync_dist=True)
+
+    # -- optimizer ---------------------------------------------------------------
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: decay for ``nn.Linear`` weights, none for everything else."""
+        decay: dict[str, nn.Parameter] = {}
+        for mname, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                full = f"{mname}.weight" if mname else "weight"
+                decay[full] = module.weight
+        no_decay = [p for n, p in self.named_parameters() if n not in decay and p.requires_grad]
+        decay_params = [p for p in decay.values() if p.requires_grad]
+        return [
+            {"params": decay_params, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def lr_lambda(self, step: int, total_steps: int) -> float:
+        """Multiplier of ``lr`` at optimizer step ``step`` (0-based)."""
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        span = max(1, total_steps - self.warmup_steps)
+        progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas)
+        if self.warmup_steps == 0 and self.lr_schedule == "constant":
+            return optimizer
+        total = self.total_steps
+        if total is None:
+            if self.lr_schedule == "cosine":
+                est = self.trainer.estimated_stepping_batches
+                if not math.isfinite(est):
+                    raise ValueError(
+                        "lr_schedule='cosine' needs total_steps, or a trainer with max_steps or "
+                        "max_epochs so the number of steps can be estimated"
+                    )
+                total = int(est)
+            else:
+                total = self.warmup_steps + 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: self.lr_lambda(step, total)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # -- helpers for subclasses ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def sampling_mode(self) -> Iterator[None]:
+        """Eval mode (no dropout) and no autograd for sampling; restores the previous mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def check_image_tokens(self, tokens: Tensor, allow_extra: Sequence[int] = ()) -> Tensor:
+        """Validate ``(B, *token_shape)`` integer tokens in ``[0, vocab_size)``.
+
+        ``allow_extra`` lists additional ids accepted (e.g. MaskGIT's mask id).
+        Returns the tokens as int64.
+        """
+        if not isinstance(tokens, Tensor):
+            raise ValueError(f"expected image tokens as a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            raise ValueError(f"image tokens must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.dim() < 2 or not self.token_shape_matches(tuple(tokens.shape[1:])):
+            raise ValueError(
+                f"expected image tokens of shape (B, {', '.join(map(str, self.token_shape))}), "
+                f"got {tuple(tokens.shape)}"
+            )
+        tokens = tokens.long()
+        if tokens.numel():
+            bad = (tokens < 0) | (tokens >= self.vocab_size)
+            for extra in allow_extra:
+                bad &= tokens != extra
+            if bool(bad.any()):
+                lo, hi = int(tokens.min()), int(tokens.max())
+                raise ValueError(
+                    f"image token ids must be in [0, {self.vocab_size}) (vocab_size={self.vocab_size}), "
+                    f"got values in [{lo}, {hi}]"
+                )
+        return tokens

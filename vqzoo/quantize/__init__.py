@@ -1,0 +1,16 @@
+"""The shared discrete bottleneck: pure torch, no Lightning."""
+
+from vqzoo.quantize.codebook import Codebook
+from vqzoo.quantize.quantizer import QuantizerOutput, VectorQuantizer
+from vqzoo.quantize.regularizers import OrthogonalRegularizer
+from vqzoo.quantize.resets import CodebookReset, DeadCodeReset, GradientMagnitudeReset
+
+__all__ = [
+    "Codebook",
+    "CodebookReset",
+    "DeadCodeReset",
+    "GradientMagnitudeReset",
+    "OrthogonalRegularizer",
+    "QuantizerOutput",
+    "VectorQuantizer",
+]
