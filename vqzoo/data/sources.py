@@ -196,7 +196,9 @@ def _load_idx_cached(images_path: str, labels_path: str, mtimes: tuple[float, fl
         raise ValueError(
             f"IDX pair mismatch: images {images_path} shape {images.shape}, labels {labels_path} shape {labels.shape}"
         )
-    return images.astype(np.uint8, copy=False), labels.astype(np.int64)
+    if images.dtype != np.uint8:
+        raise ValueError(f"IDX images '{images_path}' must be unsigned bytes (type 0x08), got {images.dtype}")
+    return images, labels.astype(np.int64)
 
 
 def load_idx(

@@ -30,9 +30,10 @@ Decisions where the spec is silent:
   let metrics average over a whole validation set.
 * Inputs are in [-1, 1]. Single-channel inputs (MNIST-like tokenizers) are
   repeated to three channels, because VGG expects RGB.
-* Normalisation and the linear heads run in float32 with autocast disabled:
-  under float16 the epsilon underflows and the sum of squares can overflow.
-  The VGG trunk itself follows the ambient autocast.
+* Normalisation and the linear heads run in float32 with autocast disabled
+  (whatever the module's dtype): under float16 the epsilon underflows and the
+  sum of squares can underflow or overflow. The VGG trunk follows the
+  ambient autocast; inputs are cast to the trunk's parameter dtype.
 * Both images go through VGG in a single batch of 2B (one pass instead of two).
 * The module is frozen (``requires_grad=False``) and always in eval mode:
   ``train()`` is overridden, so a parent's ``.train()`` cannot switch it.
@@ -43,8 +44,9 @@ Decisions where the spec is silent:
   ``allow_download=True`` or the environment variable
   ``VQZOO_ALLOW_DOWNLOAD=1`` says so, with a timeout, so an offline cluster
   node fails fast instead of hanging.
-* ``pretrained=False`` gives random trunk and head weights. That is for tests
-  only: the "distance" it computes is not LPIPS.
+* ``pretrained=False`` gives a random VGG trunk and unit head weights (the
+  un-learned "baseline" of the LPIPS paper, so distances stay >= 0). That is
+  for tests only: the distance it computes is not LPIPS.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -156,7 +159,8 @@ class LPIPS(nn.Module):
         net: backbone; only ``"vgg"`` (the variant taming, MoVQGAN and the
             papers use).
         pretrained: load the torchvision VGG16 ImageNet weights and the lpips
-            v0.1 linear heads. ``False`` gives random weights, for tests only.
+            v0.1 linear heads. ``False`` gives a random trunk and unit heads,
+            for tests only.
         weights_path: explicit path to ``vgg16-397923af.pth``; by default the
             torch hub cache (see :func:`vgg16_checkpoint_path`).
         allow_download: try to download a missing VGG16 file (60 s timeout).
@@ -193,6 +197,13 @@ class LPIPS(nn.Module):
         if pretrained:
             self._load_vgg16(weights_path, allow_download)
             self._load_lpips_heads()
+        else:
+            # The paper's un-learned baseline: every channel weighs 1, so the
+            # distance is >= 0 with equality only for equal features (random
+            # heads could make it negative).
+            with torch.no_grad():
+                for lin in self.lins:
+                    lin.model[-1].weight.fill_(1.0)
         self.requires_grad_(False)
         super().train(False)
 
@@ -247,7 +258,8 @@ class LPIPS(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """LPIPS distance between ``x`` and ``y`` (B, C, H, W) in [-1, 1], C in {1, 3}.
 
-        Returns a float32 tensor of shape ``(B,)``.
+        Returns a float32 tensor of shape ``(B,)`` (float32 even for a float64
+        or bfloat16 module: the last stage always runs in float32).
         """
         if x.shape != y.shape:
             raise ValueError(f"LPIPS inputs must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -258,7 +270,8 @@ class LPIPS(nn.Module):
         if x.shape[1] == 1:
             x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
         batch = x.shape[0]
-        h = self.scaling(torch.cat([x, y], dim=0))
+        # Follow the trunk's dtype (float64 in tests, bfloat16 under "bf16-true" precision).
+        h = self.scaling(torch.cat([x, y], dim=0)).to(self.features[0].weight.dtype)
         total = torch.zeros(batch, device=x.device, dtype=torch.float32)
         taps = iter(zip(_VGG16_TAPS, self.lins))
         tap, lin = next(taps)
@@ -268,6 +281,7 @@ class LPIPS(nn.Module):
                 continue
             with torch.autocast(device_type=h.device.type, enabled=False):
                 fx, fy = normalize_features(h.float(), self.eps).chunk(2, dim=0)
-                total = total + lin((fx - fy).pow(2)).mean(dim=(1, 2, 3))
+                head = lin.model[-1].weight.float()
+                total = total + F.conv2d((fx - fy).pow(2), head).mean(dim=(1, 2, 3))
             tap, lin = next(taps, (None, None))
         return total

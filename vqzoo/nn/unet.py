@@ -54,27 +54,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqzoo.nn.spatial_norm import group_count
+
 __all__ = [
     "grid_positional_encoding",
-    "group_count",
     "ConditionedResBlock",
     "QGUNet",
     "QGDiscriminator",
 ]
-
-
-def group_count(channels: int, max_groups: int = 16) -> int:
-    """Largest divisor of ``channels`` that is at most ``max_groups``.
-
-    The reference normalises with as many groups as possible up to 16 while
-    still dividing the width exactly, so odd widths (1, 3, 67, ...) work.
-    """
-    if channels < 1:
-        raise ValueError(f"channels must be >= 1, got {channels}")
-    for g in range(min(max_groups, channels), 0, -1):
-        if channels % g == 0:
-            return g
-    return 1
 
 
 def grid_positional_encoding(
@@ -136,9 +123,9 @@ class ConditionedResBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, cond_channels: int = 0) -> None:
         super().__init__()
         self.cond_proj = nn.Conv2d(cond_channels, in_channels, 1) if cond_channels > 0 else None
-        self.norm1 = nn.GroupNorm(group_count(in_channels), in_channels, eps=1e-5)
+        self.norm1 = nn.GroupNorm(group_count(in_channels, 16), in_channels, eps=1e-5)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(group_count(out_channels), out_channels, eps=1e-5)
+        self.norm2 = nn.GroupNorm(group_count(out_channels, 16), out_channels, eps=1e-5)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
@@ -237,7 +224,7 @@ class QGUNet(nn.Module):
                 level.append(ConditionedResBlock(ch, width(r), cond_channels))
                 ch = width(r)
             self.up.append(level)
-        self.out_norm = nn.GroupNorm(group_count(ch), ch, eps=1e-5)
+        self.out_norm = nn.GroupNorm(group_count(ch, 16), ch, eps=1e-5)
         self.out_projection = nn.Conv2d(ch, out_channels, 3, padding=1, bias=False)
         self.mega_residual = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
 

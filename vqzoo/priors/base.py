@@ -22,7 +22,8 @@ Decisions recorded here (the spec is silent on them):
   constant rate or a cosine decay to ``min_lr_ratio * lr`` at
   ``total_steps`` (default: the trainer's ``estimated_stepping_batches``),
   stepped once per optimizer step.
-* Checkpoints carry the prior's class path under ``"vqzoo_prior_class"`` so
+* Checkpoints carry the prior's class path under ``checkpoint["vqzoo"]
+  ["class_path"]`` (the convention of :mod:`vqzoo.checkpoint`), so
   :func:`load_prior` can rebuild the right class from a path alone.
 """
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import importlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -136,37 +136,57 @@ def classifier_free_guidance(logits: Tensor, n: int, scale: float | None) -> Ten
 # ---------------------------------------------------------------------------
 
 
-def _resolve_class(path: str) -> type:
-    module_name, _, qualname = path.rpartition(".")
-    module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+def load_prior(path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any) -> Prior:
+    """Rebuild a prior (MiniGPT, MaskGIT, ...) from a checkpoint or export directory, in eval mode.
 
-
-def load_prior(
-    path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
-) -> Prior:
-    """Rebuild a prior (MiniGPT, MaskGIT, ...) from a Lightning checkpoint path.
-
-    The class is read from the checkpoint's ``"vqzoo_prior_class"`` entry.
-    ``overrides`` replace constructor arguments (e.g. ``tokenizer="other.ckpt"``).
-    The file is read with ``weights_only=False`` because Lightning checkpoints
-    hold hyperparameters as Python objects; load only checkpoints you trust.
+    Uses the safe primitives of :mod:`vqzoo.checkpoint`: ``weights_only``
+    reading, the class named under ``checkpoint["vqzoo"]["class_path"]`` (or
+    an export's ``config.json``) imported only from trusted modules, and a
+    strict, named state-dict check. A prior's hyperparameters are plain
+    constructor arguments (no nested modules), so the class is called with
+    them directly. ``overrides`` replace constructor arguments (e.g.
+    ``tokenizer="other.ckpt"``).
     """
+    import json
+
+    from vqzoo.checkpoint import (
+        CONFIG_NAME,
+        WEIGHTS_NAME,
+        CheckpointError,
+        _load_state,
+        checkpoint_class_path,
+        read_checkpoint,
+        resolve_class,
+    )
+
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
+        for f in (cfg_file, weights):
+            if not f.is_file():
+                raise FileNotFoundError(f"export directory {path} lacks {f.name}")
+        meta = json.loads(cfg_file.read_text())
+        class_path, config = meta.get("class_path"), dict(meta.get("config") or {})
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    elif path.is_file():
+        ckpt = read_checkpoint(path)
+        class_path = checkpoint_class_path(ckpt)
+        config, state = dict(ckpt.get("hyper_parameters") or {}), ckpt["state_dict"]
+    else:
         raise FileNotFoundError(f"prior checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    class_path = ckpt.get("vqzoo_prior_class")
-    if class_path is None:
-        raise ValueError(
-            f"{path} has no 'vqzoo_prior_class' entry; it was not saved by a vqzoo prior. "
-            "Load it with the model class directly, e.g. MiniGPT.load_from_checkpoint(path)"
-        )
-    cls = _resolve_class(class_path)
-    return cls.load_from_checkpoint(path, map_location=map_location, **overrides)
+    cls = resolve_class(class_path)
+    if not (isinstance(cls, type) and issubclass(cls, Prior)):
+        raise CheckpointError(f"{path} holds a {class_path}, expected a vqzoo prior (MiniGPT, MaskGIT)")
+    config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path")}
+    config.update(overrides)
+    try:
+        model = cls(**config)
+    except TypeError as err:
+        raise CheckpointError(f"cannot rebuild {class_path} from {path}: {err}") from err
+    _load_state(model, state, str(path))
+    return model.to(map_location).eval()
 
 
 # ---------------------------------------------------------------------------
@@ -349,7 +369,7 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         cls = type(self)
-        checkpoint["vqzoo_prior_class"] = f"{cls.__module__}.{cls.__qualname__}"
+        checkpoint["vqzoo"] = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
 
     def prepare_batch(self, batch: Any) -> PriorBatch:
         """Normalise a dataloader batch into a :class:`PriorBatch` (tokenizing images if needed)."""

@@ -51,28 +51,45 @@ def mask_ratio(r: float, method: str = "cosine", num_tokens: int | None = None) 
 def mask_ratio(r: Tensor, method: str = "cosine", num_tokens: int | None = None) -> Tensor: ...
 
 
-def mask_ratio(r: float | Tensor, method: str = "cosine", num_tokens: int | None = None):
+def mask_ratio(
+    r: float | Tensor, method: str = "cosine", num_tokens: int | Tensor | None = None
+):
     """Masked fraction at progress ``r`` for schedule ``method``.
 
     Args:
         r: progress in [0, 1], a float or a tensor of any shape.
         method: one of :data:`MASK_SCHEDULES` (or a reference alias).
         num_tokens: ``N``, the number of initially unknown tokens; required by
-            the ``log`` and ``exp`` schedules, ignored otherwise.
+            the ``log`` and ``exp`` schedules, ignored otherwise. A tensor
+            gives one ``N`` per element of ``r`` (broadcast).
     """
     method = _ALIASES.get(method, method)
     if method not in MASK_SCHEDULES:
         raise ValueError(f"unknown mask schedule {method!r}; expected one of {MASK_SCHEDULES}")
+    log2n: float | Tensor = 0.0
     if method in ("log", "exp"):
-        if num_tokens is None or num_tokens < 2:
-            raise ValueError(
-                f"the {method!r} schedule needs num_tokens >= 2 (log2(N) must be positive), "
-                f"got {num_tokens}"
-            )
+        if num_tokens is None:
+            raise ValueError(f"the {method!r} schedule needs num_tokens (N)")
+        if isinstance(num_tokens, Tensor):
+            if bool((num_tokens < 2).any()):
+                raise ValueError(
+                    f"the {method!r} schedule needs num_tokens >= 2 (log2(N) must be positive), "
+                    f"got a minimum of {int(num_tokens.min())}"
+                )
+            log2n = torch.log2(num_tokens.to(torch.float64))
+        else:
+            if num_tokens < 2:
+                raise ValueError(
+                    f"the {method!r} schedule needs num_tokens >= 2 (log2(N) must be positive), "
+                    f"got {num_tokens}"
+                )
+            log2n = math.log2(num_tokens)
     is_float = not isinstance(r, Tensor)
     t = torch.as_tensor(r, dtype=torch.float64) if is_float else r
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype())
+    if isinstance(log2n, Tensor):
+        log2n = log2n.to(device=t.device, dtype=t.dtype)
     if method == "cosine":
         out = torch.cos(t * (math.pi / 2))
     elif method == "linear":
@@ -82,8 +99,8 @@ def mask_ratio(r: float | Tensor, method: str = "cosine", num_tokens: int | None
     elif method == "cubic":
         out = 1.0 - t**3
     elif method == "log":
-        out = -torch.log2(t) / math.log2(num_tokens)  # type: ignore[arg-type]
+        out = -torch.log2(t) / log2n
     else:  # exp
-        out = 1.0 - torch.exp2(-math.log2(num_tokens) * (1.0 - t))  # type: ignore[arg-type]
+        out = 1.0 - torch.exp2(-log2n * (1.0 - t))
     out = out.clamp(_MIN_RATIO, 1.0)
     return float(out) if is_float else out

@@ -1,0 +1,221 @@
+"""VQGAN decoder vs MoVQ decoder (M = 1) vs MoVQ with multichannel codes (M = 4), on CPU.
+
+A reduced-scale reproduction of MoVQ's stage-1 claim ("spatially conditional
+normalization ... and multichannel quantization ... greatly improve the
+reconstructed image quality") on offline Fashion-MNIST (the IDX files of
+``apt-get install dataset-fashion-mnist``), small enough for one CPU core.
+
+What is held equal across the three models:
+
+* the encoder: same architecture *and the same initial weights* (copied from
+  one freshly built encoder), 32x32 one-channel images -> an 8x8 latent grid;
+* the quantized map width (16 channels) and the codebook size K: VQGAN and
+  MoVQ M=1 quantize one 16-dim code per position; MoVQ M=4 quantizes four
+  4-dim codes per position from one codebook of the same K (the paper's
+  "without increasing the cost of model and codebook": the codebook even
+  shrinks, K x 4 instead of K x 16 numbers);
+* the loss (``(x - x_rec)^2`` + VQ loss with β = 0.25, no LPIPS and no GAN,
+  so the comparison isolates decoder and quantizer, and LPIPS weights are not
+  needed offline), the optimizer (Adam, betas (0.5, 0.9)), the learning rate,
+  the number of steps, the batch size and the order of the batches.
+
+What differs: the decoder's norms (GroupNorm vs SpatialNorm on zq) and the
+quantizer layout. Metrics on the first ``--eval-images`` Fashion-MNIST test
+images: PSNR and SSIM (torchmetrics, images in [0, 1], per-image PSNR
+averaged), codebook usage (share of the K codes used at least once, all
+channels pooled), perplexity, and the number of distinct per-position code
+tuples (what multichannel codes buy).
+
+Usage::
+
+    python benchmarks/movq_vs_vqgan.py                 # defaults: ~10 CPU-minutes
+    python benchmarks/movq_vs_vqgan.py --steps 200     # quick look
+
+Writes ``benchmarks/results/movq_vs_vqgan.json`` and ``.md``. Uses one thread
+(``torch.set_num_threads(1)``); CPU time is measured with ``process_time`` so
+the numbers do not depend on how busy a shared machine is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from vqzoo.data.sources import DEFAULT_FASHION_MNIST_ROOT, load_idx  # noqa: E402
+from vqzoo.nn.convnet import Encoder  # noqa: E402
+from vqzoo.quantize import VectorQuantizer  # noqa: E402
+from vqzoo.tokenizers.base import Tokenizer  # noqa: E402
+from vqzoo.tokenizers.movq import MoVQ  # noqa: E402
+from vqzoo.tokenizers.vqgan import VQGAN  # noqa: E402
+
+WIDTH = 16  # channels of the quantized map, equal for all three models
+
+
+def arch(args: argparse.Namespace) -> dict:
+    return dict(in_channels=1, resolution=32, ch=args.ch, ch_mult=(1, 2, 2), num_res_blocks=1,
+                attn_resolutions=(8,), reconstruction_loss="l2", learning_rate=args.lr, check_inputs=False)
+
+
+def build(name: str, args: argparse.Namespace, encoder_state: dict) -> Tokenizer:
+    torch.manual_seed(args.seed)
+    K = args.num_codes
+    if name == "vqgan":
+        model: Tokenizer = VQGAN(VectorQuantizer(K, WIDTH), z_channels=WIDTH, **arch(args))
+    elif name == "movq_m1":
+        model = MoVQ(VectorQuantizer(K, WIDTH, layout="spatial"), z_channels=WIDTH, **arch(args))
+    elif name == "movq_m4":
+        model = MoVQ(VectorQuantizer(K, WIDTH // 4, layout="multichannel", num_channels=4), z_channels=WIDTH,
+                     **arch(args))
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    model.encoder.load_state_dict(encoder_state)
+    return model
+
+
+def to_images(raw: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 32, 32) in [-1, 1] (bilinear resize, as ImageDataModule crop='none')."""
+    x = raw.float().div(127.5).sub(1.0).unsqueeze(1)
+    return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+
+
+def train(model: Tokenizer, train_images: torch.Tensor, args: argparse.Namespace) -> dict:
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))
+    model.train()
+    t0, losses = time.process_time(), []
+    for step in range(args.steps):
+        idx = order[(step * args.batch_size + torch.arange(args.batch_size)) % len(order)]
+        x = to_images(train_images[idx])
+        x_rec, q = model(x)
+        pixel = F.mse_loss(x_rec, x)
+        loss = pixel + model.codebook_weight * q.loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model.quantizer.after_backward()
+        opt.step()
+        model.quantizer.after_step()
+        losses.append(float(pixel.detach()))
+        if args.verbose and (step + 1) % 100 == 0:
+            print(f"  step {step + 1:5d}  mse {sum(losses[-100:]) / 100:.4f}", flush=True)
+    return {"train_cpu_s": time.process_time() - t0, "final_train_mse": sum(losses[-50:]) / min(50, len(losses))}
+
+
+@torch.no_grad()
+def evaluate(model: Tokenizer, test_images: torch.Tensor, args: argparse.Namespace) -> dict:
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    model.eval()
+    K = model.quantizer.num_codes
+    counts = torch.zeros(K, dtype=torch.long)
+    psnr, ssim, n = 0.0, 0.0, 0
+    tuples = set()
+    for start in range(0, len(test_images), 100):
+        x = to_images(test_images[start:start + 100])
+        x_rec, q = model(x)
+        a, b = ((x_rec + 1) / 2).clamp(0, 1), (x + 1) / 2
+        psnr += float(peak_signal_noise_ratio(a, b, data_range=1.0, dim=(1, 2, 3), reduction="sum"))
+        ssim += float(structural_similarity_index_measure(a, b, data_range=1.0, reduction="sum"))
+        n += x.shape[0]
+        counts += torch.bincount(q.indices.reshape(-1), minlength=K)
+        per_position = q.indices.reshape(-1, q.indices.shape[-1]) if q.indices.dim() == 4 else q.indices.reshape(-1, 1)
+        tuples.update(map(tuple, per_position.tolist()))
+    p = counts.double() / counts.sum()
+    perplexity = math.exp(float(-(p[p > 0] * p[p > 0].log()).sum()))
+    return {"psnr": psnr / n, "ssim": ssim / n, "codebook_usage": float((counts > 0).float().mean()),
+            "codes_used": int((counts > 0).sum()), "perplexity": perplexity,
+            "distinct_position_codes": len(tuples)}
+
+
+def markdown(result: dict) -> str:
+    cfg = result["config"]
+    lines = [
+        "# MoVQ vs VQGAN decoder on Fashion-MNIST (CPU, reduced scale)",
+        "",
+        f"32x32 images -> 8x8 grid, K = {cfg['num_codes']} codes, quantized width {WIDTH}, "
+        f"{cfg['steps']} steps x batch {cfg['batch_size']}, Adam lr {cfg['lr']}, loss MSE + VQ (β 0.25), "
+        f"encoder ch {cfg['ch']} with identical initial weights; eval on the first {cfg['eval_images']} test images.",
+        "",
+        "| model | decoder norms | codes/position | PSNR (dB) | SSIM | codebook usage | perplexity "
+        "| distinct position codes | params | train CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    labels = {"vqgan": ("VQGAN", "GroupNorm", "1 x 16-d"), "movq_m1": ("MoVQ M=1", "SpatialNorm(zq)", "1 x 16-d"),
+              "movq_m4": ("MoVQ M=4", "SpatialNorm(zq)", "4 x 4-d")}
+    for name, r in result["models"].items():
+        label, norms, codes = labels[name]
+        lines.append(
+            f"| {label} | {norms} | {codes} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['codebook_usage']:.3f} "
+            f"({r['codes_used']}) | {r['perplexity']:.1f} | {r['distinct_position_codes']} | {r['params']:,} "
+            f"| {r['train_cpu_s']:.0f} |"
+        )
+    lines += ["", f"Machine: {result['machine']}; torch {result['torch']}; 1 thread. "
+              f"Total CPU time {result['total_cpu_s']:.0f} s, wall {result['total_wall_s']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--ch", type=int, default=16)
+    p.add_argument("--num-codes", type=int, default=256)
+    p.add_argument("--eval-images", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=DEFAULT_FASHION_MNIST_ROOT)
+    p.add_argument("--models", nargs="+", default=["vqgan", "movq_m1", "movq_m4"],
+                   choices=["vqgan", "movq_m1", "movq_m4"])
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "movq_vs_vqgan"))
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    train_images = torch.from_numpy(load_idx(args.data_root, "train")[0].copy())
+    test_images = torch.from_numpy(load_idx(args.data_root, "t10k")[0][: args.eval_images].copy())
+    torch.manual_seed(args.seed)
+    encoder_state = Encoder(in_channels=1, ch=args.ch, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
+                            resolution=32, z_channels=WIDTH).state_dict()
+
+    cpu0, wall0 = time.process_time(), time.time()
+    models = {}
+    for name in args.models:
+        print(f"training {name} for {args.steps} steps", flush=True)
+        model = build(name, args, encoder_state)
+        r = train(model, train_images, args)
+        r.update(evaluate(model, test_images, args))
+        r["params"] = sum(t.numel() for t in model.parameters())
+        r["codebook_numbers"] = model.quantizer.codebook.weight.numel()
+        models[name] = r
+        print(f"  {name}: PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  usage {r['codebook_usage']:.3f}  "
+              f"({r['train_cpu_s']:.0f} CPU s)", flush=True)
+    result = {
+        "benchmark": "movq_vs_vqgan",
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "verbose")},
+        "models": models,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "total_cpu_s": time.process_time() - cpu0,
+        "total_wall_s": time.time() - wall0,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

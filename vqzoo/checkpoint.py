@@ -1,0 +1,209 @@
+"""Safe loading and export of vqzoo models.
+
+* Checkpoints are read with ``torch.load(weights_only=True)``: a checkpoint
+  holding a pickled object that would run code is refused before anything
+  runs, with an error that says so.
+* The model class named in a checkpoint must live in a trusted module
+  (``vqzoo.*`` plus any prefixes listed, comma-separated, in
+  ``$VQZOO_TRUSTED_MODULES``), so a checkpoint cannot make us import
+  arbitrary code either.
+* An export directory holds ``model.safetensors`` (weights only) and
+  ``config.json`` (class path and constructor config); it loads without
+  pickle at all.
+* Mismatched classes and shapes are reported by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or export that cannot be used, with the reason."""
+
+
+def _trusted_prefixes() -> tuple[str, ...]:
+    extra = [p.strip() for p in os.environ.get("VQZOO_TRUSTED_MODULES", "").split(",") if p.strip()]
+    return ("vqzoo.", *extra)
+
+
+def resolve_class(class_path: str) -> type:
+    """Import ``module.Class`` if its module is trusted."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        raise CheckpointError(f"expected a class path like 'vqzoo.VQGAN', got {class_path!r}")
+    if not class_path.startswith(_trusted_prefixes()):
+        raise CheckpointError(
+            f"refusing to import {class_path!r}: only classes from {', '.join(_trusted_prefixes())} are "
+            "loaded from checkpoints; add the module prefix to $VQZOO_TRUSTED_MODULES if you trust it"
+        )
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"cannot import the model class {class_path!r}: {err}") from err
+    return obj
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a Lightning checkpoint safely (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (expected a .ckpt file written by `vqzoo fit`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        msg = str(err)
+        if "weights_only" in msg or "Unsupported global" in msg or "unsupported" in msg.lower():
+            raise CheckpointError(
+                f"refusing to load {path}: it holds pickled Python objects that could run code when "
+                f"loaded (torch.load(weights_only=True) rejected it: {msg.splitlines()[0]}). Nothing was "
+                "executed. Re-export the model with `vqzoo export` from a trusted environment."
+            ) from err
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated): {msg}") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated): {err}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint: no 'state_dict' entry")
+    return ckpt
+
+
+def checkpoint_class_path(ckpt: dict[str, Any]) -> str:
+    meta = ckpt.get("vqzoo") or {}
+    hp = ckpt.get("hyper_parameters") or {}
+    path = meta.get("class_path") or hp.get("_class_path")
+    if not path:
+        raise CheckpointError("the checkpoint does not name its model class (no 'vqzoo.class_path' entry)")
+    return path
+
+
+def _instantiate(cls: type, config: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """Build ``cls`` from plain config (nested ``class_path``/``init_args`` dicts) plus overrides."""
+    from jsonargparse import ArgumentParser
+
+    config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path") and k not in overrides}
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "model", fail_untyped=False, skip=set(overrides))
+    try:
+        parsed = parser.parse_object({"model": config})
+        init = parser.instantiate_classes(parsed).model
+    except Exception as err:  # jsonargparse reports bad or missing arguments in several classes
+        raise TypeError(str(err).strip().splitlines()[0]) from err
+    return cls(**{**dict(init), **overrides})
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch: " + "; ".join(wrong[:8]))
+        if missing:
+            parts.append(f"missing in {source}: " + ", ".join(missing[:8]))
+        if unexpected:
+            parts.append(f"not in the model: " + ", ".join(unexpected[:8]))
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + " | ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(
+    path: str | os.PathLike, expected: type | None = None, **overrides: Any
+) -> L.LightningModule:
+    """Load a vqzoo model from a ``.ckpt`` file or an export directory, in eval mode.
+
+    ``expected`` (a class) makes a checkpoint of another model class an error
+    that names both. ``overrides`` replace constructor arguments (e.g. the
+    nested modules of a model built in Python rather than by the CLI).
+    """
+    path = Path(path)
+    if path.is_dir():
+        cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
+        for f in (cfg_file, weights):
+            if not f.is_file():
+                raise FileNotFoundError(f"export directory {path} lacks {f.name} (expected one written by `vqzoo export`)")
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{cfg_file} is not valid JSON: {err}") from err
+        class_path, config = meta.get("class_path"), meta.get("config", {})
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{weights} is not a readable safetensors file: {err}") from err
+        source = str(path)
+    else:
+        ckpt = read_checkpoint(path)
+        class_path, config, state = checkpoint_class_path(ckpt), ckpt.get("hyper_parameters") or {}, ckpt["state_dict"]
+        source = str(path)
+    cls = resolve_class(class_path)
+    if expected is not None and not (isinstance(cls, type) and issubclass(cls, expected)):
+        raise CheckpointError(f"{source} holds a {class_path}, expected a {expected.__module__}.{expected.__qualname__}")
+    try:
+        model = _instantiate(cls, dict(config), overrides)
+    except TypeError as err:
+        raise CheckpointError(
+            f"cannot rebuild {class_path} from {source}: {err}. A model built in Python (not by `vqzoo fit`) "
+            "keeps its nested modules out of the checkpoint's hyperparameters: pass them as keyword "
+            "arguments, e.g. load_model(path, quantizer=VectorQuantizer(...))"
+        ) from err
+    _load_state(model, state, source)
+    return model.eval()
+
+
+def model_config(model: L.LightningModule) -> dict[str, Any]:
+    """The constructor config of a model, as plain data (class paths + init args)."""
+    hp = dict(model.hparams)
+    hp.pop("_instantiator", None)
+    hp.pop("_class_path", None)
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        raise CheckpointError(
+            f"cannot export {type(model).__name__}: its hyperparameter value {v!r} is not plain data. "
+            "Build the model from a config (`vqzoo fit --config ...`) to export it."
+        )
+
+    return {k: plain(v) for k, v in hp.items()}
+
+
+def export_model(model: L.LightningModule, out_dir: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    config = model_config(model)
+    meta = {"class_path": f"{type(model).__module__}.{type(model).__qualname__}", "config": config}
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+        save_file(state, os.path.join(tmp, WEIGHTS_NAME))
+        Path(tmp, CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        os.replace(os.path.join(tmp, WEIGHTS_NAME), out / WEIGHTS_NAME)
+        os.replace(os.path.join(tmp, CONFIG_NAME), out / CONFIG_NAME)
+    return out

@@ -1,0 +1,484 @@
+"""The training loop every tokenizer shares (VQGAN, QG-VAE, MoVQ).
+
+A subclass supplies ``encode`` (images -> features in the quantizer's layout),
+``decode`` (quantized features -> images) and ``last_layer``; the base does
+the rest: input checks, quantization, the losses, GAN training with manual
+optimization, codebook reset hooks, validation metrics, image grids,
+tokenize/detokenize and export.
+
+Training-loop decisions (see DESIGN.md):
+
+* Lightning manual optimization with a generator optimizer and, when an
+  adversarial loss is configured, a discriminator optimizer. Gradients are
+  clipped through ``self.clip_gradients`` and schedulers stepped explicitly
+  (``gradient_clip_val`` and ``accumulate_grad_batches`` do not apply to
+  manual optimization, pitfall 13).
+* ``generator_step`` is our own counter (a buffer, so it is in checkpoints):
+  Lightning's ``global_step`` counts both optimizers (pitfall 12), so the
+  discriminator start, the schedule and logging all use generator steps.
+* Each step: the generator loss is ``reconstruction + codebook_weight · vq +
+  adversarial``; backward; ``quantizer.after_backward()`` (gradient-magnitude
+  resets read the codebook's gradient here); clip; step; scheduler;
+  ``quantizer.after_step()`` (resets run after the optimizer and EMA updates,
+  so nothing overwrites them). Then the discriminator step on the detached
+  reconstruction, skipped entirely before ``disc_start``.
+* A non-finite generator loss skips the step on every rank (the flag is summed
+  across ranks so DDP never diverges), is counted and logged; after
+  ``max_nonfinite_steps`` in a row training stops with a message naming the
+  last checkpoint written.
+* The perceptual network is built when fitting starts (``setup("fit")``) and
+  is not a submodule: its frozen weights never enter checkpoints, and loading
+  a tokenizer for inference never needs them. Missing LPIPS weights stop
+  ``fit`` at start-up with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vqzoo.losses.adversarial import AdversarialLoss
+from vqzoo.metrics.codebook import CodebookUsage
+from vqzoo.quantize import QuantizerOutput, VectorQuantizer
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when too many consecutive training steps produced a non-finite loss."""
+
+
+class Tokenizer(L.LightningModule, abc.ABC):
+    """Shared base of every image tokenizer.
+
+    Args:
+        quantizer: the shared :class:`~vqzoo.quantize.VectorQuantizer`.
+        in_channels: image channels accepted.
+        resolution: image size the model is built for.
+        reconstruction_loss: ``"l1"`` (taming, TE-VQGAN) or ``"l2"`` (MoVQ).
+        reconstruction_weight: weight of that pixel loss.
+        perceptual_weight: weight of LPIPS (0 = VQ-VAE-style training; LPIPS
+            weights are then never needed).
+        codebook_weight: weight of the quantizer's loss (taming's codebook_weight).
+        adversarial: a :class:`~vqzoo.losses.adversarial.AdversarialLoss` or None.
+        optimizer: ``"adam"`` or ``"adamw"`` (both optimizers).
+        learning_rate: generator learning rate (absolute; see ``scale_lr``).
+        disc_learning_rate: discriminator learning rate (None = ``learning_rate``).
+        betas: Adam betas ((0.5, 0.9) as in taming/TE-VQGAN).
+        weight_decay: decoupled weight decay for ``adamw``.
+        scale_lr: ``"linear"`` multiplies both learning rates by the number of
+            processes (``world_size``) at fit time, the rule of the TE code
+            (base_lr × ngpu × batch); ``"none"`` uses them as given.
+        warmup_steps: linear warm-up of the learning rates, in generator steps.
+        gradient_clip_norm: max gradient norm for both optimizers (None = off).
+        max_nonfinite_steps: consecutive non-finite losses tolerated before stopping.
+        check_inputs: validate every batch (shape, dtype, finiteness, range).
+        num_val_images: images shown in the validation grid.
+    """
+
+    #: spatial reduction from image to token grid; subclasses set it.
+    downsample_factor: int = 1
+    #: True when the model only accepts exactly ``resolution`` (global-token models).
+    fixed_resolution: bool = False
+
+    def __init__(
+        self,
+        quantizer: VectorQuantizer,
+        in_channels: int = 3,
+        resolution: int = 64,
+        reconstruction_loss: Literal["l1", "l2"] = "l1",
+        reconstruction_weight: float = 1.0,
+        perceptual_weight: float = 0.0,
+        codebook_weight: float = 1.0,
+        adversarial: AdversarialLoss | None = None,
+        optimizer: Literal["adam", "adamw"] = "adam",
+        learning_rate: float = 1e-4,
+        disc_learning_rate: float | None = None,
+        betas: tuple[float, float] = (0.5, 0.9),
+        weight_decay: float = 0.0,
+        scale_lr: Literal["none", "linear"] = "none",
+        warmup_steps: int = 0,
+        gradient_clip_norm: float | None = None,
+        max_nonfinite_steps: int = 10,
+        check_inputs: bool = True,
+        num_val_images: int = 8,
+    ) -> None:
+        super().__init__()
+        if not isinstance(quantizer, VectorQuantizer):
+            raise ValueError(f"quantizer must be a vqzoo VectorQuantizer, got {type(quantizer).__name__}")
+        if reconstruction_loss not in ("l1", "l2"):
+            raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {reconstruction_loss!r}")
+        if in_channels < 1 or resolution < 1:
+            raise ValueError(f"in_channels and resolution must be >= 1, got {in_channels}, {resolution}")
+        if perceptual_weight < 0 or reconstruction_weight < 0 or codebook_weight < 0:
+            raise ValueError("loss weights must be >= 0")
+        if optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+        self.save_hyperparameters(ignore=["quantizer", "adversarial"] if not _built_by_cli() else [])
+        self.automatic_optimization = False
+        self.quantizer = quantizer
+        self.adversarial = adversarial
+        self.in_channels = in_channels
+        self.resolution = resolution
+        self.reconstruction_loss = reconstruction_loss
+        self.reconstruction_weight = reconstruction_weight
+        self.perceptual_weight = perceptual_weight
+        self.codebook_weight = codebook_weight
+        self.optimizer_name = optimizer
+        self.learning_rate = learning_rate
+        self.disc_learning_rate = learning_rate if disc_learning_rate is None else disc_learning_rate
+        self.betas = tuple(betas)
+        self.weight_decay = weight_decay
+        self.scale_lr = scale_lr
+        self.warmup_steps = warmup_steps
+        self.gradient_clip_norm = gradient_clip_norm
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.check_inputs = check_inputs
+        self.num_val_images = num_val_images
+        self.register_buffer("_generator_step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("_nonfinite_in_a_row", torch.zeros((), dtype=torch.long))
+        self.register_buffer("_nonfinite_total", torch.zeros((), dtype=torch.long))
+        self._perceptual: Any = None
+        self.val_codebook = CodebookUsage(quantizer.num_codes, quantizer.num_groups)
+
+    # ------------------------------------------------------------------ subclass interface
+    @abc.abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """Images -> pre-quantization features in the quantizer's layout."""
+
+    @abc.abstractmethod
+    def decode(self, quantized: Tensor) -> Tensor:
+        """Quantized features (quantizer layout) -> images."""
+
+    @property
+    @abc.abstractmethod
+    def last_layer(self) -> Tensor:
+        """The decoder's last weight, for the adaptive GAN weight."""
+
+    def latent_transform(self, quantized: Tensor) -> Tensor:
+        """Applied between quantizer and decoder in training only (identity by default)."""
+        return quantized
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def generator_step(self) -> int:
+        return int(self._generator_step)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.quantizer.num_codes
+
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        side = self.resolution // self.downsample_factor
+        if self.quantizer.layout == "multichannel":
+            return (side, side, self.quantizer.num_channels)
+        return (side, side)
+
+    def check_images(self, x: Tensor) -> None:
+        """Reject anything but float images (B, in_channels, H, W) in [-1, 1] of an accepted size."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{type(self).__name__} expects images as a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(
+                f"{type(self).__name__} expects float images in [-1, 1], got dtype {x.dtype} "
+                "(convert integer images with x.float() / 127.5 - 1)"
+            )
+        f = self.downsample_factor
+        expected = (
+            f"(B, {self.in_channels}, {self.resolution}, {self.resolution})"
+            if self.fixed_resolution
+            else f"(B, {self.in_channels}, H, W) with H and W divisible by {f}"
+        )
+        ok = x.dim() == 4 and x.shape[1] == self.in_channels
+        if ok and self.fixed_resolution:
+            ok = x.shape[2] == x.shape[3] == self.resolution
+        elif ok:
+            ok = x.shape[2] % f == 0 and x.shape[3] % f == 0 and x.shape[2] > 0 and x.shape[3] > 0
+        if not ok:
+            raise ValueError(f"{type(self).__name__} expects images of shape {expected}, got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{type(self).__name__} received an empty batch of shape {tuple(x.shape)}")
+        lo, hi = torch.aminmax(x.detach())
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            raise ValueError(f"{type(self).__name__} received NaN or Inf pixels; expected finite images in [-1, 1]")
+        if lo < -1.1 or hi > 1.1:
+            raise ValueError(
+                f"{type(self).__name__} expects images in [-1, 1], got values in [{float(lo):.3g}, {float(hi):.3g}]"
+            )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, QuantizerOutput]:
+        """Reconstruct ``x``: encode, quantize, (training: latent_transform), decode."""
+        if self.check_inputs:
+            self.check_images(x)
+        q = self.quantizer(self.encode(x))
+        quantized = self.latent_transform(q.quantized) if self.training else q.quantized
+        return self.decode(quantized), q
+
+    @torch.no_grad()
+    def tokenize(self, x: Tensor) -> Tensor:
+        """Images -> token indices (int64) in the quantizer's index layout."""
+        if self.check_inputs:
+            self.check_images(x)
+        return self.quantizer(self.encode(x)).indices
+
+    def detokenize(self, indices: Tensor) -> Tensor:
+        """Token indices -> images."""
+        return self.decode(self.quantizer.lookup(indices))
+
+    # ------------------------------------------------------------------ losses
+    def perceptual(self, x: Tensor, x_rec: Tensor) -> Tensor:
+        if self._perceptual is None:
+            self._perceptual = _build_lpips()
+        if next(self._perceptual.parameters()).device != x.device:
+            self._perceptual.to(x.device)
+        return self._perceptual(x_rec, x).mean()
+
+    def reconstruction_terms(self, x: Tensor, x_rec: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Pixel loss (+ LPIPS); the ``nll`` the adaptive GAN weight balances."""
+        pixel = F.l1_loss(x_rec, x) if self.reconstruction_loss == "l1" else F.mse_loss(x_rec, x)
+        logs = {"reconstruction": pixel.detach()}
+        total = self.reconstruction_weight * pixel
+        if self.perceptual_weight > 0:
+            p = self.perceptual(x, x_rec)
+            logs["perceptual"] = p.detach()
+            total = total + self.perceptual_weight * p
+        return total, logs
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.perceptual_weight > 0 and self._perceptual is None:
+            # Fail at start-up, never silently train without the loss asked for.
+            self._perceptual = _build_lpips()
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _generator_parameters(self) -> list[torch.nn.Parameter]:
+        disc = set(id(p) for p in self.adversarial.parameters()) if self.adversarial is not None else set()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in disc]
+
+    def _make_optimizer(self, params: list, lr: float) -> torch.optim.Optimizer:
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(params, lr=lr, betas=self.betas, weight_decay=self.weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=self.betas)
+
+    def configure_optimizers(self) -> Any:
+        scale = self._world_size() if self.scale_lr == "linear" else 1
+        warmup = max(self.warmup_steps, 0)
+
+        def factor(step: int) -> float:
+            return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+        opt_g = self._make_optimizer(self._generator_parameters(), self.learning_rate * scale)
+        optimizers = [opt_g]
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt_g, factor)]
+        if self.adversarial is not None:
+            opt_d = self._make_optimizer(list(self.adversarial.parameters()), self.disc_learning_rate * scale)
+            optimizers.append(opt_d)
+            schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt_d, factor))
+        return optimizers, schedulers
+
+    @staticmethod
+    def images_of(batch: Any) -> Tensor:
+        """The image tensor of a batch: the batch itself, its first element, or batch['image']."""
+        if isinstance(batch, Tensor):
+            return batch
+        if isinstance(batch, dict):
+            return batch["image"]
+        return batch[0]
+
+    def _as_list(self, x: Any) -> list:
+        return list(x) if isinstance(x, (list, tuple)) else [x]
+
+    def _all_finite(self, loss: Tensor) -> bool:
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return float(bad) == 0.0
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = self.images_of(batch)
+        optimizers = self._as_list(self.optimizers())
+        schedulers = self._as_list(self.lr_schedulers())
+        opt_g = optimizers[0]
+        step = self.generator_step
+
+        x_rec, q = self(x)
+        nll, logs = self.reconstruction_terms(x, x_rec)
+        loss = nll + self.codebook_weight * q.loss
+        if self.adversarial is not None:
+            g_term, g_logs = self.adversarial.generator_term(x_rec, nll, self.last_layer, step)
+            loss = loss + g_term
+            logs.update({f"{k}": v for k, v in g_logs.items()})
+        logs["vq"] = q.loss.detach()
+        logs.update({f"vq_{k}": v.detach() for k, v in q.losses.items()})
+
+        if not self._all_finite(loss):
+            self._handle_nonfinite(opt_g)
+            return loss.detach()
+        self._nonfinite_in_a_row.zero_()
+
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.quantizer.after_backward()
+        if self.gradient_clip_norm is not None:
+            self.clip_gradients(opt_g, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
+        opt_g.step()
+        schedulers[0].step()
+        moved = self.quantizer.after_step()
+        self._generator_step += 1
+
+        if self.adversarial is not None and self.adversarial.is_active(step):
+            opt_d = optimizers[1]
+            d_loss, d_logs = self.adversarial.discriminator_term(x, x_rec.detach(), step)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            if self.gradient_clip_norm is not None:
+                self.clip_gradients(opt_d, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
+            opt_d.step()
+            schedulers[1].step()
+            logs.update(d_logs)
+
+        logs["loss"] = loss.detach()
+        logs["codes_moved"] = torch.tensor(float(moved))
+        logs["lr"] = torch.tensor(opt_g.param_groups[0]["lr"])
+        logs["generator_step"] = self._generator_step.float()
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=x.shape[0])
+        self.log("train/loss_pbar", loss.detach(), prog_bar=True, logger=False, batch_size=x.shape[0])
+        return loss.detach()
+
+    def _handle_nonfinite(self, opt_g: torch.optim.Optimizer) -> None:
+        opt_g.zero_grad(set_to_none=True)
+        self._nonfinite_in_a_row += 1
+        self._nonfinite_total += 1
+        self.log("train/nonfinite_steps", self._nonfinite_total.float(), batch_size=1)
+        if int(self._nonfinite_in_a_row) >= self.max_nonfinite_steps:
+            ckpt = None
+            if self._trainer is not None and self.trainer.checkpoint_callback is not None:
+                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", None) or getattr(
+                    self.trainer.checkpoint_callback, "best_model_path", None
+                )
+            raise NonFiniteLossError(
+                f"{int(self._nonfinite_in_a_row)} consecutive training steps had a non-finite loss "
+                f"(at generator step {self.generator_step}); stopping. Last good checkpoint: "
+                f"{ckpt or 'none written yet'}. Lower the learning rate or enable gradient_clip_norm."
+            )
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x = self.images_of(batch)
+        x_rec, q = self(x)
+        nll, logs = self.reconstruction_terms(x, x_rec)
+        logs["vq"] = q.loss
+        x01, r01 = (x + 1) / 2, ((x_rec + 1) / 2).clamp(0, 1)
+        mse = F.mse_loss(r01, x01, reduction="none").flatten(1).mean(1)
+        logs["psnr"] = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
+        logs["ssim"] = _ssim(r01, x01)
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, sync_dist=True, batch_size=x.shape[0])
+        self.val_codebook.update(self.quantizer.histogram(q.indices))
+        if batch_idx == 0:
+            self._save_grid(x, x_rec)
+
+    def on_validation_epoch_end(self) -> None:
+        res = self.val_codebook.compute()  # summed across ranks by torchmetrics
+        self.log("val/codebook_usage", res["usage"], sync_dist=False)
+        self.log("val/codes_used", res["codes_used"].float(), sync_dist=False)
+        self.log("val/perplexity", res["perplexity"], sync_dist=False)
+        self.val_codebook.reset()
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.tokenize(self.images_of(batch))
+
+    # ------------------------------------------------------------------ images
+    def _save_grid(self, x: Tensor, x_rec: Tensor) -> None:
+        if self._trainer is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        n = min(self.num_val_images, x.shape[0])
+        grid = make_grid(torch.cat([x[:n], x_rec[:n].clamp(-1, 1)]), nrow=n)
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("val/reconstructions", grid, self.generator_step)
+        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        out = Path(log_dir) / "reconstructions" / f"step_{self.generator_step:07d}.png"
+        save_png(grid, out)
+
+    # ------------------------------------------------------------------ checkpoints and export
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vqzoo"] = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}"}
+
+
+# ---------------------------------------------------------------------- helpers
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """A frozen tokenizer (eval mode, no gradients) from a ``.ckpt`` or an export directory."""
+    from vqzoo.checkpoint import load_model
+
+    model = load_model(path, expected=Tokenizer)
+    model.requires_grad_(False)
+    return model
+
+
+def _built_by_cli() -> bool:
+    """Whether LightningCLI is instantiating this model right now.
+
+    Then Lightning hands ``save_hyperparameters`` the plain parsed config
+    (class paths and init args), so nested parts reload from the checkpoint
+    without pickled objects. A model built in Python keeps its nested modules
+    out of the hyperparameters (their weights are in the state dict); reload it
+    with ``load_from_checkpoint(path, quantizer=..., adversarial=...)`` or use
+    an export directory.
+    """
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None
+
+
+def _build_lpips() -> Any:
+    from vqzoo.losses.perceptual import LPIPS
+
+    return LPIPS(pretrained=True)
+
+
+def _ssim(a: Tensor, b: Tensor) -> Tensor:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(a.float(), b.float(), data_range=1.0)
+
+
+def make_grid(images: Tensor, nrow: int) -> Tensor:
+    """Images in [-1, 1] (N, C, H, W) -> one (3, H', W') grid in [0, 1] with 2-pixel gaps."""
+    images = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    n, c, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    pad = 2
+    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[i]
+    return grid
+
+
+def save_png(grid: Tensor, path: Path | str) -> None:
+    """Write a (3, H, W) [0, 1] tensor as PNG atomically (no partial file on error)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)
