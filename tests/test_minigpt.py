@@ -351,6 +351,10 @@ def test_fit_checkpoint_load_and_sample_prior(tmp_path, monkeypatch):
     assert isinstance(loaded, MiniGPT)
     for k, v in m.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
+    from vqzoo.checkpoint import export_model
+
+    exported = load_prior(export_model(loaded, tmp_path / "export"))  # safetensors + config.json
+    assert all(torch.equal(v, exported.state_dict()[k]) for k, v in m.state_dict().items())
 
     bad = MiniGPT(vocab_size=5, token_shape=[2, 2], condition="class", num_classes=3, **TINY)
     with pytest.raises(ValueError, match="token data has vocab_size=4"):

@@ -234,24 +234,39 @@ def test_tiny_movq_trains_through_lightning_on_cpu():
 # --------------------------------------------------------------------------- configs
 
 
-def test_cpu_config_builds_through_lightning_cli(tmp_path):
-    from lightning.pytorch.cli import LightningCLI
+def build_from_config(path: Path, tmp_path: Path, *extra: str):
+    from vqzoo.cli import VQZooCLI
 
-    cli = LightningCLI(args=["--config", str(ROOT / "configs/tokenizers/movq_fashion_mnist_cpu.yaml"),
-                             f"--trainer.default_root_dir={tmp_path}"], run=False)
-    assert isinstance(cli.model, MoVQ)
-    assert cli.model.quantizer.layout == "multichannel" and cli.model.num_channels == 4
+    return VQZooCLI(args=["--config", str(path), f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+                          *extra], run=False)
+
+
+def test_cpu_config_builds_through_the_cli(tmp_path):
+    cli = build_from_config(ROOT / "configs/tokenizers/movq_fashion_mnist_cpu.yaml", tmp_path)
+    m = cli.model
+    assert isinstance(m, MoVQ) and m.quantizer.layout == "multichannel" and m.num_channels == 4
+    assert m.token_shape == (8, 8, 4) and m.vocab_size == 256 and m.in_channels == 1
+    assert m.adversarial is not None and not m.adversarial.adaptive and m.adversarial.disc_weight == 0.1
     assert cli.datamodule.source == "fashion_mnist_idx" and cli.datamodule.resolution == 32
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vqzoo.priors.maskgit") is None,
+                    reason="vqzoo.priors.maskgit is not in this tree")
+def test_tiny_maskgit_config_matches_the_cpu_movq(tmp_path):
+    movq = build_from_config(ROOT / "configs/tokenizers/movq_fashion_mnist_cpu.yaml", tmp_path).model
+    cli = build_from_config(ROOT / "configs/priors/maskgit_movq_tiny.yaml", tmp_path)
+    prior = cli.model
+    assert prior.vocab_size == movq.vocab_size and tuple(prior.token_shape) == movq.token_shape
+    assert prior.num_channels == movq.num_channels == 4
+    prior.set_tokenizer(movq)  # the same check the prior runs at start-up on the checkpoint
+    assert prior.tokenizer_path == "runs/movq_fashion_mnist_cpu/checkpoints/last.ckpt"
 
 
 @pytest.mark.parametrize("name", ["movq_ffhq256.yaml", "movq_imagenet256.yaml"])
 def test_paper_configs_build_with_the_reference_settings(name, tmp_path):
-    from lightning.pytorch.cli import LightningCLI
-
     from vqzoo.nn.convnet import Decoder
 
-    cli = LightningCLI(args=["--config", str(ROOT / "configs/tokenizers" / name),
-                             f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"], run=False)
+    cli = build_from_config(ROOT / "configs/tokenizers" / name, tmp_path)
     m, data = cli.model, cli.datamodule
     assert isinstance(m, MoVQ) and isinstance(m.decoder, Decoder) and m.decoder.conditional
     q = m.quantizer

@@ -452,3 +452,23 @@ def test_bad_input_raises_clear_value_error(make, call, match) -> None:  # noqa:
 def test_bad_construction_raises(kwargs, match) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match=match):
         VectorQuantizer(**kwargs)
+
+
+def test_sum_rows_and_lookup_gradient_match_index_add() -> None:
+    from vqzoo.quantize.codebook import sum_rows
+
+    torch.manual_seed(20)
+    index = torch.randint(0, 50, (300,))
+    index[index == 7] = 8  # row 7 receives nothing
+    src = torch.randn(300, 6)
+    expected = torch.zeros(50, 6, dtype=torch.float64).index_add_(0, index, src.double())
+    got = sum_rows(index, src, 50)
+    assert torch.allclose(got.double(), expected, atol=1e-5) and float(got[7].abs().sum()) == 0.0
+    cb = Codebook(50, 6, num_groups=2)
+    idx = torch.randint(0, 50, (2, 150))
+    g = torch.randn(2, 150, 6)
+    (gw,) = torch.autograd.grad((cb.embed(idx) * g).sum(), cb.weight)
+    ref = torch.zeros(2, 50, 6, dtype=torch.float64)
+    for grp in range(2):
+        ref[grp].index_add_(0, idx[grp], g[grp].double())
+    assert torch.allclose(gw.double(), ref, atol=1e-5)

@@ -9,6 +9,7 @@ from vqzoo.quantize import (
     VectorQuantizer,
 )
 
+from vqzoo.priors import MaskGIT, MiniGPT
 from vqzoo.tokenizers import VQGAN, Tokenizer
 
 __version__ = "0.1.0"
@@ -22,4 +23,6 @@ __all__ = [
     "VectorQuantizer",
     "Tokenizer",
     "VQGAN",
+    "MiniGPT",
+    "MaskGIT",
 ]

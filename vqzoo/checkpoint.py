@@ -94,13 +94,16 @@ def _instantiate(cls: type, config: dict[str, Any], overrides: dict[str, Any]) -
 
     config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path") and k not in overrides}
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(cls, "model", fail_untyped=False, skip=set(overrides))
+    # instantiate=False: nested parts are built, the model itself is built below with overrides
+    parser.add_class_arguments(cls, "model", fail_untyped=False, skip=set(overrides), instantiate=False)
     try:
         parsed = parser.parse_object({"model": config})
-        init = parser.instantiate_classes(parsed).model
+        build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        init = build(parsed).model
     except Exception as err:  # jsonargparse reports bad or missing arguments in several classes
         raise TypeError(str(err).strip().splitlines()[0]) from err
-    return cls(**{**dict(init), **overrides})
+    init = init.as_dict() if hasattr(init, "as_dict") else dict(init)
+    return cls(**{**init, **overrides})
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -111,7 +111,8 @@ def _datamodule_from_yaml(path: str) -> L.LightningDataModule:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningDataModule, "data")
     parsed = parser.parse_object({"data": cfg})
-    return parser.instantiate_classes(parsed).data
+    build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return build(parsed).data
 
 
 def _sample(argv: list[str]) -> int:

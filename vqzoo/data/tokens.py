@@ -457,7 +457,9 @@ class TokenDataModule(L.LightningDataModule):
 # ---------------------------------------------------------------------------
 
 
-def sample_to_grid(images: Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> Tensor:
+def sample_to_grid(
+    images: Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0
+) -> Tensor:
     """Tile images in ``[-1, 1]`` (B, C, H, W) into one ``uint8`` grid ``(C, H', W')``.
 
     ``nrow`` images per row (default ``ceil(sqrt(B))``); ``padding`` pixels of
@@ -669,7 +671,8 @@ def sample_prior(
             images = torch.cat(all_images)
             (tmp / "images").mkdir()
             for j in range(images.shape[0]):
-                _save_png(sample_to_grid(images[j : j + 1], nrow=1, padding=0), tmp / "images" / f"{j:06d}.png")
+                single = sample_to_grid(images[j : j + 1], nrow=1, padding=0)
+                _save_png(single, tmp / "images" / f"{j:06d}.png")
             _save_png(sample_to_grid(images, nrow=nrow), tmp / "grid.png")
         _atomic_dir_commit(tmp, out, overwrite)
     except BaseException:

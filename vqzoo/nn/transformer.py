@@ -204,6 +204,8 @@ class SelfAttention(nn.Module):
             cache.v[layer, :, :, start:end] = v.to(cache.v.dtype)
             keys = cache.k[layer, :, :, :end]
             values = cache.v[layer, :, :, :end]
+            if keys.dtype != q.dtype:  # e.g. a float32 cache under bf16 autocast
+                keys, values = keys.to(q.dtype), values.to(q.dtype)
             if not self.causal or T == 1:
                 # One new query sees every cached key: no mask needed.
                 y = F.scaled_dot_product_attention(q, keys, values, dropout_p=dropout_p)
@@ -297,10 +299,12 @@ class Transformer(nn.Module):
         attn_pdrop: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in (("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd), ("max_len", max_len)):
+        sizes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "max_len": max_len}
+        for name, value in sizes.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        for name, p in (("embd_pdrop", embd_pdrop), ("resid_pdrop", resid_pdrop), ("attn_pdrop", attn_pdrop)):
+        drops = {"embd_pdrop": embd_pdrop, "resid_pdrop": resid_pdrop, "attn_pdrop": attn_pdrop}
+        for name, p in drops.items():
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
         self.n_layer = n_layer

@@ -325,7 +325,8 @@ class MaskGIT(Prior):
                 with ``cond_drop_prob > 0``).
             generator: source of randomness (on the model's device).
             return_trajectory: also return the tokens after every step
-                (masked codes shown as :attr:`mask_token_id`).
+                (masked codes shown as :attr:`mask_token_id`). Decoding stops
+                early, with a shorter trajectory, once nothing is unknown.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -345,7 +346,9 @@ class MaskGIT(Prior):
             if self.condition != "class":
                 raise ValueError("cfg_scale needs condition='class'")
             if self.cond_drop_prob <= 0:
-                raise ValueError("cfg_scale needs a model trained with cond_drop_prob > 0 (the null class is untrained)")
+                raise ValueError(
+                    "cfg_scale needs a model trained with cond_drop_prob > 0 (the null class is untrained)"
+                )
             labels = torch.cat([labels, torch.full_like(labels, self.null_class)])  # type: ignore[arg-type]
         N, V, MASK = self.num_tokens, self.vocab_size, self.mask_token_id
         if tokens is None:

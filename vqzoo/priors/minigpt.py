@@ -213,7 +213,8 @@ class MiniGPT(Prior):
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         if cond_drop_prob > 0 and condition != "class":
             raise ValueError("cond_drop_prob applies to condition='class' only")
-        if condition_loss_weight < 0 or image_loss_weight < 0 or condition_loss_weight + image_loss_weight <= 0:
+        weights = (condition_loss_weight, image_loss_weight)
+        if min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(
                 "loss weights must be >= 0 with a positive sum, got "
                 f"condition_loss_weight={condition_loss_weight}, image_loss_weight={image_loss_weight}"
@@ -273,7 +274,12 @@ class MiniGPT(Prior):
     def _directions(self) -> list[Direction]:
         if self.condition != "text":
             return ["image"]
-        return {"text_first": ["t2i"], "image_first": ["i2t"], "both": ["t2i", "i2t"]}[self.order]  # type: ignore[return-value]
+        by_order: dict[str, list[Direction]] = {
+            "text_first": ["t2i"],
+            "image_first": ["i2t"],
+            "both": ["t2i", "i2t"],
+        }
+        return by_order[self.order]
 
     def _check_labels(self, labels: Any, n: int, broadcast: bool) -> Tensor:
         if labels is None:
@@ -325,7 +331,9 @@ class MiniGPT(Prior):
             )
         return text.long()
 
-    def _parse_condition(self, condition: Any, n: int, broadcast: bool) -> tuple[Tensor | None, Tensor | None]:
+    def _parse_condition(
+        self, condition: Any, n: int, broadcast: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
         if self.condition == "none":
             if condition is not None:
                 raise ValueError(
@@ -357,7 +365,11 @@ class MiniGPT(Prior):
     def _sequence(
         self, direction: Direction, image: Tensor | None, labels: Tensor | None, text: Tensor | None, n: int
     ) -> tuple[Tensor, Tensor]:
-        """Full sequence ids ``(n, S)`` and role positions ``(S,)``; ``image``/``text`` may be omitted at the end."""
+        """Full sequence ids ``(n, S)`` and role positions ``(S,)``.
+
+        ``image`` or ``text`` may be ``None`` to stop the sequence before them
+        (a sampling prefix).
+        """
         zero = torch.zeros(1, dtype=torch.long, device=self.device)
         ids = [self._start_ids(direction, n, labels)]
         pos = [zero]
@@ -376,7 +388,9 @@ class MiniGPT(Prior):
 
     # -- forward / loss ---------------------------------------------------------------------
 
-    def forward(self, tokens: Tensor, condition: Any = None, direction: Direction | None = None) -> MiniGPTOutput:
+    def forward(
+        self, tokens: Tensor, condition: Any = None, direction: Direction | None = None
+    ) -> MiniGPTOutput:
         """Teacher-forced logits for image ``tokens`` ``(B, *token_shape)`` and the condition.
 
         ``direction`` defaults to the model's first training direction
@@ -387,7 +401,9 @@ class MiniGPT(Prior):
         labels, text = self._parse_condition(condition, B, broadcast=False)
         return self._forward(tokens.reshape(B, -1), labels, text, direction or self._directions()[0])
 
-    def _forward(self, image: Tensor, labels: Tensor | None, text: Tensor | None, direction: Direction) -> MiniGPTOutput:
+    def _forward(
+        self, image: Tensor, labels: Tensor | None, text: Tensor | None, direction: Direction
+    ) -> MiniGPTOutput:
         if direction not in self._directions():
             raise ValueError(
                 f"direction {direction!r} is not available for condition={self.condition!r}, "
@@ -399,13 +415,16 @@ class MiniGPT(Prior):
         N, L = self.num_image_tokens, self.text_length
         if direction == "image":
             return MiniGPTOutput(image=self.image_head(h))
+        text_head = self.text_head
+        assert text_head is not None  # text directions exist only with condition="text"
         if direction == "t2i":
-            return MiniGPTOutput(image=self.image_head(h[:, L:]), text=self.text_head(h[:, :L]))  # type: ignore[misc]
-        return MiniGPTOutput(image=self.image_head(h[:, :N]), text=self.text_head(h[:, N:]))  # type: ignore[misc]
+            return MiniGPTOutput(image=self.image_head(h[:, L:]), text=text_head(h[:, :L]))
+        return MiniGPTOutput(image=self.image_head(h[:, :N]), text=text_head(h[:, N:]))
 
     def _text_ce(self, logits: Tensor, target: Tensor) -> Tensor:
         valid = target != self.text_pad_id
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="none")
+        flat = logits.reshape(-1, logits.shape[-1]).float()
+        ce = F.cross_entropy(flat, target.reshape(-1), reduction="none")
         return (ce * valid.reshape(-1)).sum() / valid.sum().clamp(min=1)
 
     def compute_loss(self, batch: PriorBatch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -462,7 +481,8 @@ class MiniGPT(Prior):
         if target == "image":
             count, offset, head, new_pos = self.num_image_tokens, 0, self.image_head, self._image_pos()
         else:
-            count, offset, head, new_pos = self.text_length, self.text_offset, self.text_head, self._text_pos()
+            count, offset, new_pos = self.text_length, self.text_offset, self._text_pos()
+            head = self.text_head
         rows = prefix_ids.shape[0]
         out = torch.empty(n, count, dtype=torch.long, device=self.device)
         if use_cache:
@@ -514,13 +534,17 @@ class MiniGPT(Prior):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if "t2i" not in self._directions() and self.condition == "text":
-            raise ValueError("this MiniGPT was trained image-first (i2t) and cannot generate images from text")
+            raise ValueError(
+                "this MiniGPT was trained image-first (i2t) and cannot generate images from text"
+            )
         labels, text = self._parse_condition(condition, n, broadcast=True)
         if cfg_scale is not None:
             if self.condition != "class":
                 raise ValueError(f"cfg_scale needs condition='class', this model has {self.condition!r}")
             if self.cond_drop_prob <= 0:
-                raise ValueError("cfg_scale needs a model trained with cond_drop_prob > 0 (the null class is untrained)")
+                raise ValueError(
+                    "cfg_scale needs a model trained with cond_drop_prob > 0 (the null class is untrained)"
+                )
         with self.sampling_mode():
             direction: Direction = "t2i" if self.condition == "text" else "image"
             ids, pos = self._sequence(direction, None, labels, text, n)
@@ -528,7 +552,9 @@ class MiniGPT(Prior):
                 null = torch.full_like(labels, self.null_class)  # type: ignore[arg-type]
                 uncond, _ = self._sequence(direction, None, null, None, n)
                 ids = torch.cat([ids, uncond])
-            out = self._decode(ids, pos, "image", n, cfg_scale, temperature, top_k, top_p, use_cache, generator)
+            out = self._decode(
+                ids, pos, "image", n, cfg_scale, temperature, top_k, top_p, use_cache, generator
+            )
         return out.view(n, *self.token_shape)
 
     def generate_text(

@@ -41,6 +41,43 @@ from vqzoo.quantize.resets import CodebookReset
 Layout = Literal["spatial", "multichannel", "per_token"]
 
 
+class _VQLoss(torch.autograd.Function):
+    """``(mean((x − e)²)`` as the commitment and codebook terms, computed once.
+
+    Forward returns the shared value twice; backward sends
+    ``g_commit · 2(x − e)/n`` to x only and ``g_codebook · 2(e − x)/n`` to e
+    only, which is exactly the gradient of ``mse(x, sg(e))`` and
+    ``mse(sg(x), e)`` without two passes over the features.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        diff = x - e
+        value = diff.pow(2).mean()
+        ctx.save_for_backward(diff)
+        return value, value.clone()
+
+    @staticmethod
+    def backward(ctx, g_commit: torch.Tensor, g_codebook: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
+        (diff,) = ctx.saved_tensors
+        scale = 2.0 / diff.numel()
+        gx = diff * (g_commit * scale) if ctx.needs_input_grad[0] else None
+        ge = diff * (-g_codebook * scale) if ctx.needs_input_grad[1] else None
+        return gx, ge
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Value of ``e``, identity gradient to ``x``, no gradient to ``e``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return e.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return grad, None
+
+
 @dataclass
 class QuantizerOutput:
     """What :class:`VectorQuantizer` returns.
@@ -172,7 +209,8 @@ class VectorQuantizer(nn.Module):
             )
         if z.numel() == 0:
             raise ValueError(f"VectorQuantizer received an empty tensor of shape {tuple(z.shape)}")
-        if self.check_finite and not bool(torch.isfinite(z).all()):
+        # One pass: a float64 sum is finite iff every element is (no overflow from float32 inputs).
+        if self.check_finite and not bool(torch.isfinite(z.detach().sum(dtype=torch.float64))):
             raise ValueError("VectorQuantizer received NaN or Inf values in z; expected finite features")
 
     def _group(self, z: torch.Tensor) -> torch.Tensor:
@@ -222,10 +260,10 @@ class VectorQuantizer(nn.Module):
             idx = codebook.nearest(x.detach(), codes)
             e = codebook.embed(idx, codes)
 
-            commitment = F.mse_loss(x, e.detach())
+            commitment, codebook_term = _VQLoss.apply(x, e)
             losses = {"commitment": self.beta * commitment}
             if codebook.update == "gradient":
-                losses["codebook"] = self.codebook_loss_weight * F.mse_loss(x.detach(), e)
+                losses["codebook"] = self.codebook_loss_weight * codebook_term
             for reg in self.regularizers:
                 losses[getattr(reg, "name", type(reg).__name__)] = reg(codebook.weight)
             loss = torch.stack(list(losses.values())).sum()
@@ -241,7 +279,7 @@ class VectorQuantizer(nn.Module):
             # Straight-through: the value is exactly e (so lookup(indices) reproduces it
             # bit for bit), the gradient is the identity to z, and no decoder gradient
             # reaches the codes (they learn from the codebook term or the EMA only).
-            quantized = e.detach() + (x - x.detach())
+            quantized = _StraightThrough.apply(x, e)
             quantized = self._ungroup(quantized, z.shape).to(z.dtype)
         indices = self._ungroup_indices(idx, z.shape)
         return QuantizerOutput(quantized=quantized, indices=indices, loss=loss, losses=losses)

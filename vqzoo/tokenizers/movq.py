@@ -97,11 +97,17 @@ class MoVQ(Tokenizer):
       convs predict the modulation from the whole M-tuple of codes at a
       position, not from one code.
     * *Sizes.* The configs keep the reference's per-code width ``dim: 4`` and
-      use M = 4, so ``zq`` has 16 channels. Figure 4 of the paper reports a
-      "16x16x4 latent representation in a discrete space" for 256x256 images:
-      four indices per position. (The reproduced code's f = 8 gives a 32x32
-      grid at 256 with ``ch_mult [1,2,2,4]``; the configs follow the brief's
-      reference settings, see their headers.)
+      use M = 4, so ``zq`` has 16 channels and ``z_channels`` defaults to 16.
+      M = 4 comes from Figure 4 of the paper, a "16x16x4 latent
+      representation in a discrete space" for 256x256 images: four indices
+      per position. The shipped 256 configs keep the reproduction's f = 8
+      (``ch_mult [1,2,2,4]``, a 32x32x4 grid); ``ch_mult [1,1,2,2,4]`` with
+      ``attn_resolutions [16]`` gives the paper's 16x16x4 grid.
+    * *Per-code width vs. feature width.* M multiplies the feature width
+      (``M * dim``) rather than splitting a fixed one: ``dim`` stays a code's
+      width, as in every other vqzoo quantizer. To hold the quantized width
+      fixed while adding channels (as ``benchmarks/movq_vs_vqgan.py`` does),
+      divide ``dim`` by M.
     * *M = 1 equals the spatial layout.* A multichannel quantizer with
       ``num_channels=1`` and a spatial quantizer with the same weights give
       the same indices (up to the trailing axis of size 1) and the same

@@ -1,0 +1,139 @@
+"""Quantizer forward + backward: vqzoo vs vector-quantize-pytorch, side by side on CPU.
+
+Both quantizers see the same (1, N, D) float32 input with ``requires_grad``,
+and the timed step is forward + backward of ``loss + mean(quantized²)`` (the
+second term stands in for a decoder's gradient). Feature sets:
+
+* ``ema_dead_code``: EMA codebook updates + dead-code replacement checked every
+  step (vqzoo ``DeadCodeReset(every=1)``, peer ``threshold_ema_dead_code=1``).
+* ``grad_ortho``: gradient-updated codebook + orthogonal regularizer weight 10
+  (peer ``learnable_codebook=True, ema_update=False, orthogonal_reg_weight=10``).
+
+The floor is one distance matrix product of the same size (``addmm`` of
+(N, D) × (D, K)). Medians over ``--repeats`` runs after warm-up.
+
+Run: ``python benchmarks/quantizer_speed.py`` (needs ``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from vqzoo.quantize import DeadCodeReset, OrthogonalRegularizer, VectorQuantizer
+
+SIZES = [(4096, 256, 1024), (16384, 64, 8192)]
+
+
+def timeit(fn, repeats: int, warmup: int = 2) -> float:  # noqa: ANN001
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ours(feature: str, K: int, D: int) -> VectorQuantizer:
+    if feature == "ema_dead_code":
+        return VectorQuantizer(K, D, layout="per_token", update="ema", decay=0.99, reset=DeadCodeReset(every=1))
+    return VectorQuantizer(K, D, layout="per_token", regularizers=[OrthogonalRegularizer(10.0)])
+
+
+def peer(feature: str, K: int, D: int):  # noqa: ANN201
+    from vector_quantize_pytorch import VectorQuantize
+
+    if feature == "ema_dead_code":
+        return VectorQuantize(dim=D, codebook_size=K, decay=0.99, commitment_weight=0.25, threshold_ema_dead_code=1)
+    return VectorQuantize(
+        dim=D, codebook_size=K, commitment_weight=0.25, learnable_codebook=True, ema_update=False,
+        orthogonal_reg_weight=10.0,
+    )
+
+
+def step_ours(vq: VectorQuantizer, z: torch.Tensor) -> None:
+    out = vq(z)
+    (out.loss + out.quantized.square().mean()).backward()
+    vq.after_backward()
+    vq.after_step()
+
+
+def step_peer(vq, z: torch.Tensor) -> None:  # noqa: ANN001
+    quantized, _, loss = vq(z)
+    (loss.sum() + quantized.square().mean()).backward()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quantizer_speed.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        import vector_quantize_pytorch
+
+        peer_version = vector_quantize_pytorch.__version__ if hasattr(vector_quantize_pytorch, "__version__") else "?"
+        have_peer = True
+    except ImportError:
+        print("vector-quantize-pytorch is not installed (pip install -e .[bench]); timing vqzoo alone")
+        have_peer, peer_version = False, None
+    if have_peer:
+        from importlib.metadata import version
+
+        peer_version = version("vector-quantize-pytorch")
+
+    rows = []
+    for N, D, K in SIZES:
+        torch.manual_seed(0)
+        x = torch.randn(N, D)
+        c = torch.randn(K, D)
+        sq = c.pow(2).sum(-1)
+        floor = timeit(lambda: torch.addmm(sq, x, c.t(), beta=1.0, alpha=-2.0), args.repeats)
+        for feature in ("ema_dead_code", "grad_ortho"):
+            z = torch.randn(1, N, D, requires_grad=True)
+            torch.manual_seed(0)
+            vq = ours(feature, K, D).train()
+            t_ours = timeit(lambda: step_ours(vq, z), args.repeats)
+            row = {
+                "N": N, "D": D, "K": K, "feature": feature,
+                "vqzoo_ms": 1e3 * t_ours, "floor_ms": 1e3 * floor, "vqzoo_over_floor": t_ours / floor,
+            }
+            if have_peer:
+                torch.manual_seed(0)
+                pv = peer(feature, K, D).train()
+                t_peer = timeit(lambda: step_peer(pv, z), args.repeats)
+                row.update({"peer_ms": 1e3 * t_peer, "speedup_vs_peer": t_peer / t_ours})
+            rows.append(row)
+            print(
+                f"N={N:6d} D={D:4d} K={K:5d} {feature:14s} vqzoo {row['vqzoo_ms']:8.1f} ms  "
+                + (f"peer {row['peer_ms']:8.1f} ms  speedup {row['speedup_vs_peer']:5.2f}x  " if have_peer else "")
+                + f"floor {row['floor_ms']:7.1f} ms  vqzoo/floor {row['vqzoo_over_floor']:4.2f}"
+            )
+    result = {
+        "benchmark": "quantizer forward+backward",
+        "device": "cpu",
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "peer": f"vector-quantize-pytorch {peer_version}" if have_peer else None,
+        "repeats": args.repeats,
+        "statistic": "median seconds per step, reported in ms",
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
