@@ -10,7 +10,7 @@ from vqzoo.quantize import (
 )
 
 from vqzoo.priors import MaskGIT, MiniGPT
-from vqzoo.tokenizers import VQGAN, Tokenizer
+from vqzoo.tokenizers import QGVAE, VQGAN, Tokenizer
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,7 @@ __all__ = [
     "VectorQuantizer",
     "Tokenizer",
     "VQGAN",
+    "QGVAE",
     "MiniGPT",
     "MaskGIT",
 ]

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -65,10 +66,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
-        if "weights_only" in msg or "Unsupported global" in msg or "unsupported" in msg.lower():
+        if "GLOBAL" in msg:  # an object whose unpickling would import and call code
             raise CheckpointError(
                 f"refusing to load {path}: it holds pickled Python objects that could run code when "
-                f"loaded (torch.load(weights_only=True) rejected it: {msg.splitlines()[0]}). Nothing was "
+                f"loaded (torch.load(weights_only=True) rejected: {_global_name(msg)}). Nothing was "
                 "executed. Re-export the model with `vqzoo export` from a trusted environment."
             ) from err
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated): {msg}") from err
@@ -77,6 +78,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint: no 'state_dict' entry")
     return ckpt
+
+
+def _global_name(msg: str) -> str:
+    for line in msg.splitlines():
+        if "GLOBAL" in line:
+            return line.strip()
+    return msg.splitlines()[0] if msg else "unsafe content"
 
 
 def checkpoint_class_path(ckpt: dict[str, Any]) -> str:
@@ -93,17 +101,26 @@ def _instantiate(cls: type, config: dict[str, Any], overrides: dict[str, Any]) -
     from jsonargparse import ArgumentParser
 
     config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path") and k not in overrides}
+    config = copy.deepcopy(config)  # jsonargparse turns nested dicts into Namespaces in place
     parser = ArgumentParser(exit_on_error=False)
     # instantiate=False: nested parts are built, the model itself is built below with overrides
     parser.add_class_arguments(cls, "model", fail_untyped=False, skip=set(overrides), instantiate=False)
     try:
-        parsed = parser.parse_object({"model": config})
+        parsed = parser.parse_object({"model": copy.deepcopy(config)})
         build = getattr(parser, "instantiate", None) or parser.instantiate_classes
         init = build(parsed).model
     except Exception as err:  # jsonargparse reports bad or missing arguments in several classes
         raise TypeError(str(err).strip().splitlines()[0]) from err
     init = init.as_dict() if hasattr(init, "as_dict") else dict(init)
-    return cls(**{**init, **overrides})
+    if overrides:
+        return cls(**{**init, **overrides})
+    # Rebuild under Lightning's given-hyperparameters context (as LightningCLI does), so
+    # the model keeps its plain config and can be saved and exported again.
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters_context
+
+    given = {"_class_path": f"{cls.__module__}.{cls.__qualname__}", **config}
+    with _given_hyperparameters_context(hparams=given, instantiator="lightning.pytorch.cli.instantiate_module"):
+        return cls(**init)
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -181,6 +198,8 @@ def model_config(model: L.LightningModule) -> dict[str, Any]:
     hp.pop("_class_path", None)
 
     def plain(v: Any) -> Any:
+        if hasattr(v, "as_dict") and callable(v.as_dict):  # a jsonargparse Namespace
+            v = v.as_dict()
         if isinstance(v, (str, int, float, bool)) or v is None:
             return v
         if isinstance(v, (list, tuple)):

@@ -28,7 +28,6 @@ class VQZooCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
         trainer_defaults: dict[str, Any] = {
             "default_root_dir": "runs",
@@ -36,10 +35,6 @@ class VQZooCLI(LightningCLI):
                 RichProgressBar(leave=True),
                 ModelCheckpoint(save_last=True, filename="{epoch}-{step}"),
                 LearningRateMonitor(logging_interval="step"),
-            ],
-            "logger": [
-                TensorBoardLogger("runs", name="tensorboard", default_hp_metric=False),
-                CSVLogger("runs", name="csv"),
             ],
         }
         super().__init__(
@@ -53,6 +48,20 @@ class VQZooCLI(LightningCLI):
             run=run,
             auto_configure_optimizers=False,
         )
+
+    def before_instantiate_classes(self) -> None:
+        # Default loggers (TensorBoard + CSV) live under the run's default_root_dir,
+        # unless the config chose loggers itself (or `logger: false`).
+        cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        trainer = cfg.get("trainer")
+        if trainer is None or trainer.get("logger") not in (None, True):
+            return
+        root = trainer.get("default_root_dir") or "runs"
+        trainer["logger"] = [
+            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+             "init_args": {"save_dir": root, "name": "tensorboard", "default_hp_metric": False}},
+            {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": "csv"}},
+        ]
 
 
 # ---------------------------------------------------------------------- extra commands

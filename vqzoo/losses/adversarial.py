@@ -232,7 +232,7 @@ class AdversarialLoss(nn.Module):
 
     def __init__(
         self,
-        discriminator: NLayerDiscriminator | None = None,
+        discriminator: nn.Module | None = None,
         disc_start: int = 0,
         disc_weight: float = 0.8,
         loss: Literal["hinge", "vanilla"] = "hinge",

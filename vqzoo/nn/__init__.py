@@ -5,8 +5,15 @@ from vqzoo.nn.blocks import AttnBlock, Padding, ResnetBlock, apply_norm, conv3x3
 from vqzoo.nn.convnet import Decoder, Encoder
 from vqzoo.nn.sampling import BlurPool, Downsample, DownsampleMethod, Upsample, binomial_filter
 from vqzoo.nn.spatial_norm import SpatialNorm, group_count
+from vqzoo.nn.transformer import KVCache, Transformer
+from vqzoo.nn.unet import QGDiscriminator, QGUNet, grid_positional_encoding
 
 __all__ = [
+    "KVCache",
+    "QGDiscriminator",
+    "QGUNet",
+    "Transformer",
+    "grid_positional_encoding",
     "AttnBlock",
     "BlurPool",
     "Decoder",

@@ -1,6 +1,7 @@
 """Image tokenizers (LightningModules) on the shared base."""
 
 from vqzoo.tokenizers.base import Tokenizer
+from vqzoo.tokenizers.qgvae import QGVAE
 from vqzoo.tokenizers.vqgan import VQGAN
 
-__all__ = ["Tokenizer", "VQGAN"]
+__all__ = ["QGVAE", "Tokenizer", "VQGAN"]

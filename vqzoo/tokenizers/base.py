@@ -411,9 +411,10 @@ class Tokenizer(L.LightningModule, abc.ABC):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
                 experiment.add_image("val/reconstructions", grid, self.generator_step)
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        out = Path(log_dir) / "reconstructions" / f"step_{self.generator_step:07d}.png"
-        save_png(grid, out)
+        # PNGs go into the run's log directory; a run without loggers writes none.
+        if self.trainer.loggers and self.trainer.log_dir:
+            out = Path(self.trainer.log_dir) / "reconstructions" / f"step_{self.generator_step:07d}.png"
+            save_png(grid, out)
 
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
