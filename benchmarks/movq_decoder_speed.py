@@ -17,7 +17,9 @@ the script says so and still times vqzoo, so the peer numbers can be added
 later on the same machine.
 
 Reported: median (and min/max) seconds per forward over ``--repeats`` timed
-runs after ``--warmup`` runs, under ``torch.inference_mode``, with
+runs after ``--warmup`` runs, the contestants timed in turn (round-robin, so
+load changes on a shared machine hit all of them alike), under
+``torch.inference_mode``, with
 ``torch.cuda.synchronize`` around each CUDA run; the ratio is vqzoo / diffusers
 (below 1 means vqzoo is faster). Parameter counts of both decoders are
 recorded as a check that the configurations match.

@@ -110,3 +110,11 @@ def test_truncated_checkpoint_and_other_model_class(run_dir: Path) -> None:
     torch.save(state, run_dir / "shapes.ckpt")
     with pytest.raises(CheckpointError, match=r"quant_conv.weight: checkpoint \(3, 3, 1, 1\) vs model \(8, 8, 1, 1\)"):
         load_model(run_dir / "shapes.ckpt")
+
+
+def test_config_callbacks_replace_defaults(run_dir: Path) -> None:
+    main([
+        "fit", "--config", CONFIG, "--trainer.default_root_dir", "c", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath=mine", "--trainer.limit_train_batches", "1",
+    ])
+    assert list((run_dir / "mine").glob("*.ckpt"))

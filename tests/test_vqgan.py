@@ -172,3 +172,24 @@ def test_nonfinite_loss_skips_step_then_stops(monkeypatch: pytest.MonkeyPatch) -
         fit(model, steps=5)
     assert int(model._nonfinite_total) == 3 and model.generator_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+
+
+def test_max_generator_steps_counts_generator_steps_only() -> None:
+    adv = AdversarialLoss(NLayerDiscriminator(in_channels=1, ndf=8, n_layers=1), disc_start=0)
+    model = tiny(adversarial=adv, max_generator_steps=3)
+    trainer = fit(model, steps=10)
+    assert model.generator_step == 3 and trainer.global_step == 6
+
+
+def test_gradient_clipping_by_value_bounds_every_element(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny(gradient_clip_norm=1e-4, gradient_clip_algorithm="value")
+    seen: list[float] = []
+    original = model._clip
+
+    def spy(opt):  # noqa: ANN001, ANN202
+        original(opt)
+        seen.append(max(float(p.grad.abs().max()) for g in opt.param_groups for p in g["params"] if p.grad is not None))
+
+    monkeypatch.setattr(model, "_clip", spy)
+    fit(model, steps=2)
+    assert seen and max(seen) <= 1e-4 + 1e-12

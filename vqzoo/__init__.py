@@ -10,7 +10,7 @@ from vqzoo.quantize import (
 )
 
 from vqzoo.priors import MaskGIT, MiniGPT
-from vqzoo.tokenizers import QGVAE, VQGAN, Tokenizer
+from vqzoo.tokenizers import QGVAE, VQGAN, MoVQ, Tokenizer
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "Tokenizer",
     "VQGAN",
     "QGVAE",
+    "MoVQ",
     "MiniGPT",
     "MaskGIT",
 ]

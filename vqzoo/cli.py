@@ -49,6 +49,28 @@ class VQZooCLI(LightningCLI):
             auto_configure_optimizers=False,
         )
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        # A config's own checkpoint callback or progress bar replaces our default one
+        # (Lightning refuses two ModelCheckpoint callbacks without distinct monitors).
+        from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        given = given + list(callbacks)
+        defaults = self.trainer_defaults.get("callbacks", [])
+        keep = [
+            cb for cb in defaults
+            if not any(isinstance(g, kind) for kind in (ModelCheckpoint, ProgressBar) if isinstance(cb, kind) for g in given)
+        ]
+        if config.get("enable_progress_bar") is False:
+            keep = [cb for cb in keep if not isinstance(cb, ProgressBar)]
+        saved = self.trainer_defaults.get("callbacks")
+        self.trainer_defaults["callbacks"] = keep
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        finally:
+            self.trainer_defaults["callbacks"] = saved
+
     def before_instantiate_classes(self) -> None:
         # Default loggers (TensorBoard + CSV) live under the run's default_root_dir,
         # unless the config chose loggers itself (or `logger: false`).

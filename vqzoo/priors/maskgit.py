@@ -125,25 +125,9 @@ class MaskGIT(Prior):
         embd_pdrop: float = 0.1,
         resid_pdrop: float = 0.1,
         attn_pdrop: float = 0.1,
-        lr: float = 1e-4,
-        weight_decay: float = 0.045,
-        betas: tuple[float, float] = (0.9, 0.96),
-        warmup_steps: int = 0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
-        min_lr_ratio: float = 0.0,
-        total_steps: int | None = None,
-        tokenizer: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
-            min_lr_ratio=min_lr_ratio,
-            total_steps=total_steps,
-            tokenizer=tokenizer,
-        )
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")

@@ -76,7 +76,11 @@ class Tokenizer(L.LightningModule, abc.ABC):
             processes (``world_size``) at fit time, the rule of the TE code
             (base_lr × ngpu × batch); ``"none"`` uses them as given.
         warmup_steps: linear warm-up of the learning rates, in generator steps.
-        gradient_clip_norm: max gradient norm for both optimizers (None = off).
+        gradient_clip_norm: clipping threshold for both optimizers (None = off).
+        gradient_clip_algorithm: ``"norm"`` (total norm) or ``"value"`` (each
+            element, as the MoVQ reference's ``gradient_clip_val``).
+        max_generator_steps: stop training after this many generator steps
+            (Lightning's ``max_steps`` counts discriminator steps too).
         max_nonfinite_steps: consecutive non-finite losses tolerated before stopping.
         check_inputs: validate every batch (shape, dtype, finiteness, range).
         num_val_images: images shown in the validation grid.
@@ -105,6 +109,8 @@ class Tokenizer(L.LightningModule, abc.ABC):
         scale_lr: Literal["none", "linear"] = "none",
         warmup_steps: int = 0,
         gradient_clip_norm: float | None = None,
+        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        max_generator_steps: int | None = None,
         max_nonfinite_steps: int = 10,
         check_inputs: bool = True,
         num_val_images: int = 8,
@@ -138,6 +144,12 @@ class Tokenizer(L.LightningModule, abc.ABC):
         self.scale_lr = scale_lr
         self.warmup_steps = warmup_steps
         self.gradient_clip_norm = gradient_clip_norm
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        if max_generator_steps is not None and max_generator_steps < 1:
+            raise ValueError(f"max_generator_steps must be >= 1 or None, got {max_generator_steps}")
+        self.max_generator_steps = max_generator_steps
         self.max_nonfinite_steps = max_nonfinite_steps
         self.check_inputs = check_inputs
         self.num_val_images = num_val_images
@@ -328,8 +340,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         self.quantizer.after_backward()
-        if self.gradient_clip_norm is not None:
-            self.clip_gradients(opt_g, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
+        self._clip(opt_g)
         opt_g.step()
         schedulers[0].step()
         moved = self.quantizer.after_step()
@@ -340,12 +351,13 @@ class Tokenizer(L.LightningModule, abc.ABC):
             d_loss, d_logs = self.adversarial.discriminator_term(x, x_rec.detach(), step)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
-            if self.gradient_clip_norm is not None:
-                self.clip_gradients(opt_d, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm="norm")
+            self._clip(opt_d)
             opt_d.step()
             schedulers[1].step()
             logs.update(d_logs)
 
+        if self.max_generator_steps is not None and self.generator_step >= self.max_generator_steps:
+            self.trainer.should_stop = True
         logs["loss"] = loss.detach()
         logs["codes_moved"] = torch.tensor(float(moved))
         logs["lr"] = torch.tensor(opt_g.param_groups[0]["lr"])
@@ -353,6 +365,12 @@ class Tokenizer(L.LightningModule, abc.ABC):
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=x.shape[0])
         self.log("train/loss_pbar", loss.detach(), prog_bar=True, logger=False, batch_size=x.shape[0])
         return loss.detach()
+
+    def _clip(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.gradient_clip_norm is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm=self.gradient_clip_algorithm
+            )
 
     def _handle_nonfinite(self, opt_g: torch.optim.Optimizer) -> None:
         opt_g.zero_grad(set_to_none=True)
