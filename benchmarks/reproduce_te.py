@@ -289,7 +289,12 @@ def build_from_config(config: str, overrides: Sequence[str], seed: int | None, a
             "--trainer.devices", "1", "--trainer.num_nodes", "1", "--trainer.strategy", "auto"]
     if seed is not None:
         args += ["--seed_everything", str(seed)]
-    return VQZooCLI(run=False, args=[*args, *overrides])
+    # LightningCLI warns when the process has command-line arguments besides ``args``.
+    saved, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return VQZooCLI(run=False, args=[*args, *overrides])
+    finally:
+        sys.argv = saved
 
 
 class ProgressPrinter(L.Callback):
@@ -536,6 +541,7 @@ class Options:
     out: Path | None = None
     reuse: bool = False
     threads: int | None = None
+    render: Path | None = None
 
 
 class Reproduction:
@@ -996,7 +1002,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 row = t3.get(dataset, {}).get(key)
                 if row is not None:
                     size = row.get("codebook_size")
-                    codes = fmt(row["codes_used"], 1) + (f" of {size}" if size else "")
+                    codes = fmt(row["codes_used"], 0 if row["codes_used"].get("n") == 1 else 1)
+                    codes += f" of {size}" if size else ""
                     lines.append(f"| {label} | {LABELS[key]}, measured | {codes} | {fmt(row['l1'], 4)} | "
                                  f"{fmt(row['perceptual'], 4)} | {fmt(row['equivariance'])} |")
                 paper = PAPER_TABLE3.get(dataset, {}).get(key)
@@ -1048,12 +1055,27 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    help="results path without suffix (default benchmarks/results/te_reproduction_SCALE)")
     p.add_argument("--reuse", action="store_true", help="load checkpoints/tokens an earlier run left in the work dir")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--render", type=Path, default=None,
+                   help="only re-render the markdown of an existing results JSON (written beside it)")
     a = p.parse_args(argv)
     return Options(**vars(a))
 
 
+def rerender(json_path: Path) -> Path:
+    """Rebuild the tables and the markdown of a results JSON (e.g. after a change of layout)."""
+    results = json.loads(Path(json_path).read_text())
+    results["tables"] = build_tables(results)
+    Path(json_path).write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    md = Path(json_path).with_suffix(".md")
+    md.write_text(render_markdown(results))
+    return md
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.render is not None:
+        print(f"wrote {rerender(opts.render)}")
+        return 0
     return Reproduction(opts).run()
 
 

@@ -3,24 +3,29 @@
 What is compared
 ----------------
 The TE-VQGAN stage-1 architecture (reference-implementations.md, section A) at
-reduced width so it runs on a CPU: 64x64 RGB, ``ch_mult (1, 2, 2)``,
-``num_res_blocks 1``, ``attn_resolutions [16]``, ``z_channels 256``, a
-codebook of 128 codes x 256 dims, ``ch`` 64 by default (the paper uses 128).
-The encoder uses zero padding and strided-conv downsampling on both sides:
-stock taming has no replication padding, so vqzoo runs with
-``replicate_padding=False`` to keep the two networks identical. The script
-checks that the two generators hold the same parameter tensors (same count and
-the same multiset of shapes) and refuses to time unequal models.
+reduced width so that it runs on a CPU: 64x64 RGB, ``ch_mult (1, 2, 2)``,
+``num_res_blocks 1``, ``attn_resolutions [16]``, ``z_channels 256``, a codebook
+of 128 codes x 256 dims, and ``ch`` 64 by default (the paper uses 128). Both
+encoders use zero padding and strided-conv downsampling: stock taming has no
+replication padding, so vqzoo runs with ``replicate_padding=False`` to keep the
+two networks identical. The script checks that the generators (and
+discriminators) hold the same parameter tensors -- same count and the same
+multiset of shapes -- and refuses to time unequal models.
 
-* vqzoo: ``vqzoo.VQGAN`` (its own ``forward(x) -> (x_rec, QuantizerOutput)``,
-  input checks on, as in training) and its own optimizers
+* ``vqzoo``: ``vqzoo.VQGAN`` through its own ``forward(x) -> (x_rec,
+  QuantizerOutput)`` (input checks on, as in training) and its own optimizers
   (``configure_optimizers``: Adam, betas (0.5, 0.9)). The step follows
   ``Tokenizer.training_step``: forward, reconstruction + ``codebook_weight``
   x VQ loss (+ adversarial term), the non-finite-loss check, ``zero_grad``,
   backward, ``quantizer.after_backward()``, optimizer step, scheduler step,
   ``quantizer.after_step()`` (+ the discriminator step). Lightning's logging
-  is left out, on both sides.
-* taming-transformers (``taming-transformers-rom1504``):
+  is left out on both sides.
+* ``vqzoo+fixes`` (unless ``--no-fixes``): the same model with the speed fixes
+  this benchmark proposes, applied at run time to that one model instance (the
+  library files are untouched; see :func:`apply_proposed_fixes`). It shows
+  what the fixes are worth under the same protocol, and its reconstruction is
+  checked against the unpatched model (same weights, same batch) first.
+* ``taming`` (``taming-transformers-rom1504``):
   ``taming.modules.diffusionmodules.model.Encoder`` / ``Decoder``,
   ``taming.modules.vqvae.quantize.VectorQuantizer2(beta=0.25, legacy=False)``,
   and 1x1 ``quant_conv`` / ``post_quant_conv`` joined as taming's ``VQModel``
@@ -28,49 +33,59 @@ the same multiset of shapes) and refuses to time unequal models.
 
 Loss: L1 reconstruction + VQ loss (beta 0.25 on the commitment term), codebook
 weight 1. **No LPIPS** (its VGG weights cannot be downloaded offline) and, in
-the default scenario ``recon_vq``, **no GAN**. The scenario ``gan`` adds the
-PatchGAN on both sides from step 0: vqzoo's ``NLayerDiscriminator`` inside
+the scenario ``recon_vq``, **no GAN**. The scenario ``gan`` adds the PatchGAN
+on both sides from step 0: vqzoo's ``NLayerDiscriminator`` (batch norm) inside
 ``AdversarialLoss`` (hinge, adaptive weight x 0.8) against taming's
-``NLayerDiscriminator`` (with its ``weights_init``), taming's ``hinge_d_loss``
-and taming's own ``VQLPIPSWithDiscriminator.calculate_adaptive_weight`` (called
-unbound, because constructing that class loads LPIPS). Both run the generator
-step then one discriminator step on the detached reconstruction. (Taming's
-real ``VQModel.training_step`` runs the whole autoencoder forward a second
-time for the discriminator step; we do not charge it for that.)
+``NLayerDiscriminator`` with its ``weights_init``, taming's ``hinge_d_loss``
+and taming's own ``VQLPIPSWithDiscriminator.calculate_adaptive_weight``
+(called unbound: constructing that class would load LPIPS). Both run the
+generator step, then one discriminator step on the detached reconstruction.
+(Taming's own ``VQModel.training_step`` runs the whole autoencoder forward a
+second time for the discriminator step; it is not charged for that here.)
+
+Taming imports: only the four modules above are imported, never ``taming``'s
+model or data packages (they need old ``pytorch_lightning``/``transformers``
+APIs). They import cleanly with the bench extra; should
+``taming.modules.losses.lpips`` ever fail to import, a stub module is put in
+``sys.modules`` first (LPIPS is never constructed) and the results say so.
 
 How it is measured
 ------------------
-* Throughput: images per second = batch / median step time, after warm-up.
-  The two models are timed in the same process, one step each per round,
-  alternating which goes first, so drift in the (shared) machine's load hits
-  both alike. Also reported: the spread (min, max) and the median of the
-  per-round ratios. ``torch.set_num_threads(--threads)`` (2 by default).
-* Peak memory, each model in a fresh subprocess (so neither sees the other's
-  allocations or allocator caches):
+* Throughput: images per second = batch / median step time after warm-up.
+  The contenders are timed in one process, one step each per round, the order
+  rotating every round so that drift in the load of the (shared) machine hits
+  all alike. Wall-clock time is the headline; process CPU time per step is
+  recorded too (with one thread it is nearly immune to other processes'
+  load; with more it includes the pool's spin-waits). Reported: the median,
+  min, max, spread = (max - min) / median, and the median of the per-round
+  ratios. ``torch.set_num_threads(--threads)``, 2 by default.
+* Peak memory: each contender in a fresh subprocess (so none sees another's
+  allocations or allocator caches), built, then ``--memory-steps`` steps.
 
-  - CPU: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the process's
-    high-water resident set) after building model, optimizer and batch,
-    subtracted from the high-water mark after the warm-up and measured steps.
-    The delta is what one training step adds on top of the weights: gradients,
-    Adam states and the activation peak, as the OS sees it (allocator caching
-    included). tracemalloc is useless here (torch allocates outside Python's
-    allocator). Cross-check: the peak of live tensor bytes over one step from
-    ``torch.profiler`` (``profile_memory=True``, memory timeline), which is
-    allocator-independent.
-  - CUDA: ``torch.cuda.max_memory_allocated()`` over the steps (absolute:
-    weights, gradients, Adam states and activations), and its increase over
-    the allocation after building.
+  - CPU: the peak resident set of the process over the steps minus the
+    resident set after building model, optimizer and batch: Linux's ``VmHWM``
+    after resetting it through ``/proc/self/clear_refs`` (``ru_maxrss`` is no
+    use here: it survives ``execve``, so a child starts with its parent's
+    peak; it is the fallback elsewhere). The delta is what training adds on
+    top of the weights: gradients, Adam states and the activation peak, as the
+    OS sees it (allocator caching included). tracemalloc cannot see torch's
+    allocations. Cross-check: the peak of live tensor bytes over one step from
+    ``torch.profiler``'s memory timeline (allocator-independent).
+  - CUDA: ``torch.cuda.max_memory_allocated()`` over the steps (absolute) and
+    its increase over ``memory_allocated()`` after building.
 
-* ``--device cuda --dtype bf16`` runs forward and loss under
-  ``torch.autocast(dtype=bfloat16)`` (backward outside, as usual) and
-  synchronises before reading each clock. The device name is recorded.
-* ``--profile`` prints the ops where each step spends its time
-  (``torch.profiler``, self CPU time) to find where the time goes.
+* ``--device cuda --dtype bf16`` runs forward and losses under
+  ``torch.autocast(dtype=torch.bfloat16)`` (backward outside, as usual) and
+  synchronises before reading each clock; the device name is recorded.
+* ``--profile`` prints, per op, the smallest self time over three profiled
+  steps of each contender side by side (``torch.profiler``): where the time
+  goes and where the contenders differ.
 
 Results merge into ``benchmarks/results/train_step.json`` under a key per
-(device, dtype, scenario) and the table ``train_step.md`` is regenerated.
+(device, dtype, scenario, width) and ``train_step.md`` is regenerated from it.
 
-Run: ``PYTHONPATH=. python benchmarks/train_step.py`` (needs ``pip install -e .[bench]``).
+Run: ``PYTHONPATH=. python benchmarks/train_step.py`` (needs ``pip install -e .[bench]``);
+``--scenario recon_vq|gan|all``, ``--device cuda --dtype bf16``, ``--profile``.
 """
 
 from __future__ import annotations
@@ -79,12 +94,14 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -96,13 +113,12 @@ import torch.nn.functional as F
 from torch import nn
 
 RESULTS = Path(__file__).parent / "results"
-MODELS = ("vqzoo", "taming")
 SCENARIOS = ("recon_vq", "gan")
 
 
 @dataclass(frozen=True)
 class Config:
-    """Architecture and optimisation shared by both sides (TE-VQGAN stage 1 at reduced width)."""
+    """Architecture and optimisation shared by all contenders (TE-VQGAN stage 1 at reduced width)."""
 
     ch: int = 64
     ch_mult: tuple[int, ...] = (1, 2, 2)
@@ -122,16 +138,13 @@ class Config:
 
 
 # ---------------------------------------------------------------------- taming import
-def import_taming() -> dict[str, Any]:
-    """The taming pieces we need, importing only their own modules.
+_TAMING: dict[str, Any] = {}
 
-    ``taming/__init__`` and the model modules pull in old ``pytorch_lightning``
-    and ``transformers`` APIs; the modules below only need torch, einops and
-    (for vqperceptual) torchvision, so they import as they are. Should a newer
-    environment break ``taming.modules.losses.lpips`` (imported by
-    vqperceptual only for the class we never construct), a stub module is
-    installed in ``sys.modules`` first and the fact is recorded in the results.
-    """
+
+def import_taming() -> dict[str, Any]:
+    """The taming pieces used here, importing only the modules that hold them (cached)."""
+    if _TAMING:
+        return _TAMING
     import importlib
 
     shims: list[str] = []
@@ -142,23 +155,22 @@ def import_taming() -> dict[str, Any]:
     try:
         vqp = importlib.import_module("taming.modules.losses.vqperceptual")
     except ImportError:
-        import types
-
         stub = types.ModuleType("taming.modules.losses.lpips")
         stub.LPIPS = type("LPIPS", (nn.Module,), {})  # never instantiated here
         sys.modules["taming.modules.losses.lpips"] = stub
-        shims.append("taming.modules.losses.lpips (stub: LPIPS is never constructed)")
+        shims.append("taming.modules.losses.lpips replaced by a stub (LPIPS is never constructed)")
         vqp = importlib.import_module("taming.modules.losses.vqperceptual")
-    return {
-        "Encoder": Encoder,
-        "Decoder": Decoder,
-        "VectorQuantizer2": VectorQuantizer2,
-        "NLayerDiscriminator": NLayerDiscriminator,
-        "weights_init": weights_init,
-        "hinge_d_loss": vqp.hinge_d_loss,
-        "calculate_adaptive_weight": vqp.VQLPIPSWithDiscriminator.calculate_adaptive_weight,
-        "shims": shims,
-    }
+    _TAMING.update(
+        Encoder=Encoder,
+        Decoder=Decoder,
+        VectorQuantizer2=VectorQuantizer2,
+        NLayerDiscriminator=NLayerDiscriminator,
+        weights_init=weights_init,
+        hinge_d_loss=vqp.hinge_d_loss,
+        calculate_adaptive_weight=vqp.VQLPIPSWithDiscriminator.calculate_adaptive_weight,
+        shims=shims,
+    )
+    return _TAMING
 
 
 def _version(dist: str) -> str | None:
@@ -170,17 +182,15 @@ def _version(dist: str) -> str | None:
         return None
 
 
-# ---------------------------------------------------------------------- the two steps
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     if dtype == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
+# ---------------------------------------------------------------------- vqzoo
 class VqzooStep:
     """vqzoo's VQGAN trained as ``Tokenizer.training_step`` does it, without Lightning's logging."""
-
-    name = "vqzoo"
 
     def __init__(self, cfg: Config, scenario: str, device: torch.device, dtype: str) -> None:
         from vqzoo.losses.adversarial import AdversarialLoss, NLayerDiscriminator
@@ -202,6 +212,8 @@ class VqzooStep:
         self.device, self.dtype = device, dtype
         self.optimizers, self.schedulers = self.model.configure_optimizers()
         self.step_count = 0
+        #: proposed fix 3 (see apply_proposed_fixes): no discriminator weight grads in the generator step.
+        self.freeze_discriminator_in_generator_step = False
 
     def generator_parameters(self) -> list[nn.Parameter]:
         return self.model._generator_parameters()
@@ -210,9 +222,15 @@ class VqzooStep:
         adv = self.model.adversarial
         return [] if adv is None else list(adv.parameters())
 
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0]
+
     def __call__(self, x: torch.Tensor) -> None:
         m, vq, adv = self.model, self.model.quantizer, self.model.adversarial
         opt_g = self.optimizers[0]
+        freeze = adv is not None and self.freeze_discriminator_in_generator_step
+        if freeze:
+            adv.requires_grad_(False)
         with _autocast(self.device, self.dtype):
             x_rec, q = m(x)
             nll, _ = m.reconstruction_terms(x, x_rec)
@@ -229,6 +247,8 @@ class VqzooStep:
         self.schedulers[0].step()
         vq.after_step()
         if adv is not None and adv.is_active(self.step_count):
+            if freeze:
+                adv.requires_grad_(True)
             opt_d = self.optimizers[1]
             with _autocast(self.device, self.dtype):
                 d_loss, _ = adv.discriminator_term(x, x_rec.detach(), self.step_count)
@@ -239,6 +259,57 @@ class VqzooStep:
         self.step_count += 1
 
 
+# Per axis, nearest x2 upsampling followed by a 3x3 convolution (zero padding 1)
+# gives output row 2i from input rows (i-1, i) with taps (w0, w1 + w2) and row
+# 2i+1 from (i, i+1) with taps (w0 + w1, w2). A transposed convolution with
+# stride 2, padding 1 and the 4-tap kernel [w2, w1 + w2, w0 + w1, w0] produces
+# exactly those rows, interleaved. _UPSAMPLE_TAPS maps the 3 taps to the 4.
+_UPSAMPLE_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def upsample_as_transposed_conv(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Proposed fix 2: ``conv3x3(nearest_x2(x))`` as one stride-2 transposed conv (4 taps per output, not 9)."""
+    w = module.conv.weight  # (out, in, 3, 3)
+    taps = torch.tensor(_UPSAMPLE_TAPS, dtype=w.dtype, device=w.device)
+    kernel = taps @ w @ taps.t()  # (out, in, 4, 4)
+    return F.conv_transpose2d(x, kernel.transpose(0, 1), module.conv.bias, stride=2, padding=1)
+
+
+def apply_proposed_fixes(step: VqzooStep) -> list[str]:
+    """Patch one model instance with the proposed speed fixes (library files are not touched).
+
+    1. ``VectorQuantizer`` returns ``quantized`` as a permuted view of the
+       grouped (B*H*W, D) codes, i.e. channels-last strides; every conv of the
+       decoder then inherits channels-last and, on CPU, conv and GroupNorm
+       backward run slower. Fix: ``.contiguous()`` on the output.
+    2. ``Upsample``: nearest x2 + 3x3 conv computed as one stride-2 transposed
+       conv with a 4x4 kernel derived from the same 3x3 weight (exact up to
+       float rounding; same parameters, so checkpoints are unchanged).
+    3. GAN: the generator backward also computes the discriminator's weight
+       gradients, which ``zero_grad`` discards before the discriminator step.
+       Fix: ``requires_grad_(False)`` on the discriminator for the generator
+       step (what Lightning's ``toggle_optimizer`` does).
+    """
+    from vqzoo.nn.sampling import Upsample
+
+    applied = []
+    n = 0
+    for module in step.model.modules():
+        if isinstance(module, Upsample) and module.conv is not None:
+            module.forward = types.MethodType(upsample_as_transposed_conv, module)
+            n += 1
+    applied.append(f"Upsample as transposed conv ({n} layers)")
+    vq = step.model.quantizer
+    ungroup = vq._ungroup
+    vq._ungroup = lambda x, shape: ungroup(x, shape).contiguous()
+    applied.append("contiguous quantizer output")
+    if step.model.adversarial is not None:
+        step.freeze_discriminator_in_generator_step = True
+        applied.append("discriminator frozen during the generator step")
+    return applied
+
+
+# ---------------------------------------------------------------------- taming
 class TamingVQ(nn.Module):
     """taming's encoder, quant_conv, VectorQuantizer2, post_quant_conv, decoder, joined as in ``VQModel``."""
 
@@ -263,8 +334,6 @@ class TamingVQ(nn.Module):
 class TamingStep:
     """taming's modules trained with the same loss and optimizer (see the module docstring)."""
 
-    name = "taming"
-
     def __init__(self, cfg: Config, scenario: str, device: torch.device, dtype: str) -> None:
         t = import_taming()
         self.t = t
@@ -276,8 +345,8 @@ class TamingStep:
             disc = t["NLayerDiscriminator"](input_nc=3, ndf=cfg.disc_ndf, n_layers=cfg.disc_layers, use_actnorm=False)
             self.disc = disc.apply(t["weights_init"]).to(device).train()
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.learning_rate, betas=cfg.betas)
-            # calculate_adaptive_weight only reads ``discriminator_weight`` from self.
-            self.loss_attrs = type("TamingLossAttrs", (), {"discriminator_weight": cfg.disc_weight})()
+            # calculate_adaptive_weight reads only ``discriminator_weight`` from its ``self``.
+            self.loss_attrs = types.SimpleNamespace(discriminator_weight=cfg.disc_weight)
 
     def generator_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())
@@ -309,9 +378,15 @@ class TamingStep:
             self.opt_d.step()
 
 
+# ---------------------------------------------------------------------- building and checks
 def build(name: str, cfg: Config, scenario: str, device: torch.device, dtype: str) -> VqzooStep | TamingStep:
+    """A contender, from seed 0 (so ``vqzoo`` and ``vqzoo+fixes`` start from identical weights)."""
     torch.manual_seed(0)
-    return (VqzooStep if name == "vqzoo" else TamingStep)(cfg, scenario, device, dtype)
+    if name == "taming":
+        return TamingStep(cfg, scenario, device, dtype)
+    step = VqzooStep(cfg, scenario, device, dtype)
+    step.fixes = apply_proposed_fixes(step) if name == "vqzoo+fixes" else []
+    return step
 
 
 def make_batch(cfg: Config, device: torch.device) -> torch.Tensor:
@@ -327,22 +402,31 @@ def _shape(p: nn.Parameter) -> tuple[int, ...]:
     return shape
 
 
-def param_summary(params: list[nn.Parameter]) -> tuple[int, list[tuple[int, ...]]]:
-    return sum(p.numel() for p in params), sorted(_shape(p) for p in params)
-
-
 def check_equal_architecture(a: Any, b: Any) -> dict[str, int]:
-    """Same generator (and discriminator) parameter count and multiset of tensor shapes, or ValueError."""
+    """Same parameter count and multiset of tensor shapes for generator and discriminator, or ValueError."""
     out = {}
     for part in ("generator", "discriminator"):
-        na, sa = param_summary(getattr(a, f"{part}_parameters")())
-        nb, sb = param_summary(getattr(b, f"{part}_parameters")())
+        pa, pb = getattr(a, f"{part}_parameters")(), getattr(b, f"{part}_parameters")()
+        na, nb = sum(p.numel() for p in pa), sum(p.numel() for p in pb)
+        sa, sb = Counter(_shape(p) for p in pa), Counter(_shape(p) for p in pb)
         print(f"{part} parameters: vqzoo {na:,}  taming {nb:,}")
-        if na != nb or Counter(sa) != Counter(sb):
-            diff = (Counter(sa) - Counter(sb)) + (Counter(sb) - Counter(sa))
-            raise ValueError(f"{part} architectures differ: vqzoo {na} vs taming {nb} parameters; shapes {diff}")
+        if na != nb or sa != sb:
+            raise ValueError(f"{part} architectures differ: vqzoo {na} vs taming {nb} parameters; shapes {(sa - sb) + (sb - sa)}")
         out[f"{part}_parameters"] = na
     return out
+
+
+@torch.no_grad()
+def fixes_max_abs_diff(plain: VqzooStep, fixed: VqzooStep, x: torch.Tensor) -> float:
+    """Largest |difference| between the reconstructions of the plain and the patched model (same weights)."""
+    for step in (plain, fixed):
+        step.model.eval()
+    try:
+        with _autocast(x.device, plain.dtype):
+            return float((plain.reconstruct(x).float() - fixed.reconstruct(x).float()).abs().max())
+    finally:
+        for step in (plain, fixed):
+            step.model.train()
 
 
 # ---------------------------------------------------------------------- timing
@@ -351,29 +435,43 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(step: Callable[[torch.Tensor], None], x: torch.Tensor) -> float:
+def timed(step: Callable[[torch.Tensor], None], x: torch.Tensor) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one step."""
     _sync(x.device)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     step(x)
     _sync(x.device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def interleaved_times(steps: dict[str, Any], x: torch.Tensor, warmup: int, repeats: int) -> dict[str, list[float]]:
+def interleaved_times(steps: dict[str, Any], x: torch.Tensor, warmup: int, repeats: int) -> dict[str, dict[str, list]]:
     names = list(steps)
     for _ in range(warmup):
         for n in names:
             steps[n](x)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, dict[str, list]] = {n: {"wall": [], "cpu": []} for n in names}
     for r in range(repeats):
-        order = names if r % 2 == 0 else names[::-1]
-        for n in order:
-            times[n].append(timed(steps[n], x))
-        print(f"  round {r + 1}/{repeats}: " + "  ".join(f"{n} {times[n][-1]:.3f}s" for n in names), flush=True)
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            wall, cpu = timed(steps[n], x)
+            times[n]["wall"].append(wall)
+            times[n]["cpu"].append(cpu)
+        print(f"  round {r + 1}/{repeats}: " + "  ".join(f"{n} {times[n]['wall'][-1]:.3f}s" for n in names), flush=True)
     return times
 
 
-# ---------------------------------------------------------------------- memory (subprocess)
+def summarize(times: list[float], batch: int) -> dict[str, float]:
+    med = statistics.median(times)
+    return {
+        "median_s": med,
+        "min_s": min(times),
+        "max_s": max(times),
+        "images_per_s": batch / med,
+        "spread_pct": 100.0 * (max(times) - min(times)) / med,
+    }
+
+
+# ---------------------------------------------------------------------- memory (one subprocess per contender)
 def _proc_status_bytes(field: str) -> int | None:
     """A ``kB`` field of /proc/self/status (Linux) in bytes, or None elsewhere."""
     with contextlib.suppress(OSError):
@@ -384,7 +482,7 @@ def _proc_status_bytes(field: str) -> int | None:
 
 
 def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; Linux >= 4.0 (clear_refs 5)."""
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -393,13 +491,7 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_rss_bytes() -> int:
-    """The process's peak resident set.
-
-    ``VmHWM`` of the current address space where available: unlike
-    ``ru_maxrss``, which survives ``execve`` and so starts at the parent's
-    peak, it belongs to this process alone (and can be reset). Elsewhere,
-    ``ru_maxrss`` (kilobytes on Linux, bytes on macOS).
-    """
+    """``VmHWM`` of this address space, else ``ru_maxrss`` (kilobytes on Linux, bytes on macOS)."""
     hwm = _proc_status_bytes("VmHWM")
     if hwm is not None:
         return hwm
@@ -408,7 +500,7 @@ def _peak_rss_bytes() -> int:
 
 
 def live_tensor_peak(step: Callable[[torch.Tensor], None], x: torch.Tensor) -> int | None:
-    """Peak bytes of live CPU tensors over one step, from torch.profiler's memory timeline (private API)."""
+    """Peak bytes of live CPU tensors over one step, from torch.profiler's memory timeline (a private API)."""
     try:
         from torch.profiler import ProfilerActivity, profile
         from torch.profiler._memory_profiler import MemoryProfileTimeline
@@ -423,13 +515,13 @@ def live_tensor_peak(step: Callable[[torch.Tensor], None], x: torch.Tensor) -> i
 
 
 def memory_child(name: str, cfg: Config, scenario: str, device: torch.device, dtype: str, steps: int) -> dict:
-    import_taming()  # both children import the same libraries
+    import_taming()  # every child imports the same libraries
     import vqzoo.tokenizers.vqgan  # noqa: F401
 
     step = build(name, cfg, scenario, device, dtype)
     x = make_batch(cfg, device)
     gc.collect()
-    out: dict[str, Any] = {"model": name}
+    out: dict[str, Any] = {"contender": name}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -446,16 +538,17 @@ def memory_child(name: str, cfg: Config, scenario: str, device: torch.device, dt
         for _ in range(steps):
             step(x)
         peak = _peak_rss_bytes()
-        method = "VmHWM after reset minus VmRSS" if reset else "peak RSS delta (ru_maxrss)"
+        method = "VmHWM (reset after building) minus VmRSS after building" if reset else "ru_maxrss delta"
         out.update(method=method, base_bytes=base, peak_bytes=peak, delta_bytes=peak - base)
         out["live_tensor_peak_bytes"] = live_tensor_peak(step, x)
     return out
 
 
-def measure_memory(name: str, args: argparse.Namespace) -> dict:
+def measure_memory(name: str, args: argparse.Namespace, scenario: str) -> dict:
     cmd = [
-        sys.executable, __file__, "--memory-child", name, "--scenario", args.scenario, "--device", args.device,
+        sys.executable, __file__, "--memory-child", name, "--scenario", scenario, "--device", args.device,
         "--dtype", args.dtype, "--threads", str(args.threads), "--ch", str(args.ch), "--batch", str(args.batch),
+        "--memory-steps", str(args.memory_steps),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
@@ -464,20 +557,39 @@ def measure_memory(name: str, args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------- profiling
-def profile_steps(steps: dict[str, Any], x: torch.Tensor, rows: int = 25) -> dict[str, str]:
+def profile_side_by_side(steps: dict[str, Any], x: torch.Tensor, reps: int = 3, rows: int = 30) -> str:
+    """Per op, the smallest self time (ms) over ``reps`` profiled steps of each contender; the largest first.
+
+    The minimum over repeats discards the time an op spent descheduled on a
+    shared machine, so differences between contenders stand out.
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
-    tables = {}
-    for n, step in steps.items():
-        step(x)
-        with profile(activities=activities) as prof:
-            step(x)
-            _sync(x.device)
-        key = "self_cuda_time_total" if x.device.type == "cuda" else "self_cpu_time_total"
-        tables[n] = prof.key_averages().table(sort_by=key, row_limit=rows)
-        print(f"\n=== {n}: top ops by {key} ===\n{tables[n]}")
-    return tables
+    cuda = x.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    names = list(steps)
+    best: dict[str, dict[str, tuple[float, int]]] = {n: {} for n in names}
+    for r in range(reps):
+        for n in names if r % 2 == 0 else names[::-1]:
+            with profile(activities=activities) as prof:
+                steps[n](x)
+                _sync(x.device)
+            for e in prof.key_averages():
+                us = e.self_device_time_total if cuda else e.self_cpu_time_total
+                old = best[n].get(e.key)
+                best[n][e.key] = (us, e.count) if old is None else (min(old[0], us), e.count)
+    keys = sorted(set().union(*best.values()), key=lambda k: -max(best[n].get(k, (0, 0))[0] for n in names))
+    head = f"{'op (self ' + ('device' if cuda else 'CPU') + ' time, min over ' + str(reps) + ' steps)':64s}" + "".join(
+        f"{n + ' ms':>14s}{'calls':>7s}" for n in names
+    )
+    lines = [head]
+    for k in keys[:rows]:
+        cells = "".join(f"{best[n].get(k, (0, 0))[0] / 1e3:14.1f}{best[n].get(k, (0, 0))[1]:7d}" for n in names)
+        lines.append(f"{k[:64]:64s}{cells}")
+    lines.append(f"{'total':64s}" + "".join(f"{sum(v[0] for v in best[n].values()) / 1e3:14.1f}{'':7s}" for n in names))
+    table = "\n".join(lines)
+    print("\n" + table)
+    return table
 
 
 # ---------------------------------------------------------------------- reporting
@@ -491,55 +603,66 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def summarize(times: list[float], batch: int) -> dict[str, float]:
-    med = statistics.median(times)
-    return {
-        "median_s": med,
-        "min_s": min(times),
-        "max_s": max(times),
-        "images_per_s": batch / med,
-        "spread_pct": 100.0 * (max(times) - min(times)) / med,
-    }
+def _markdown_row(name: str, t: dict, r: dict) -> str:
+    mib = 2**20
+    w, c = t["wall"], t["cpu"]
+    mem = r["memory"].get(name)
+    live = mem.get("live_tensor_peak_bytes") if mem else None
+    pr = r["per_round_ratio"].get(name)
+    cells = [
+        name,
+        f"{w['images_per_s']:.2f}",
+        f"{w['median_s']:.3f}",
+        f"{w['min_s']:.3f}-{w['max_s']:.3f}",
+        f"{w['spread_pct']:.0f}%",
+        "1" if name == "taming" else f"**{r['speedup'][name]:.2f}x**",
+        f"{pr['median']:.2f} ({pr['min']:.2f}-{pr['max']:.2f})" if pr else "-",
+        f"{c['median_s']:.3f}",
+        f"{mem['delta_bytes'] / mib:.0f}" if mem else "-",
+        f"{live / mib:.0f}" if live else "-",
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def write_markdown(path: Path, runs: dict[str, dict]) -> None:
     lines = [
         "# VQGAN training step: vqzoo vs taming-transformers",
         "",
-        "One training step (forward, L1 + VQ loss [+ PatchGAN hinge with adaptive weight in `gan`], backward, "
-        "Adam step) of the TE-VQGAN architecture at reduced width. **No LPIPS** (weights unavailable offline); "
-        "the `recon_vq` scenario has **no GAN**. Throughput: batch / median step time after warm-up, the two "
-        "models interleaved in one process. Memory: each model in its own subprocess (CPU: `ru_maxrss` high-water "
-        "delta over the steps; CUDA: `max_memory_allocated`). Protocol and raw times in `train_step.json`; "
-        "script `benchmarks/train_step.py`.",
+        "One training step (forward; L1 + VQ loss, plus PatchGAN hinge loss with the adaptive weight and a "
+        "discriminator step in `gan`; backward; Adam step) of the TE-VQGAN architecture at reduced width, 64x64, "
+        "identical parameter tensors on both sides. **No LPIPS** (weights unavailable offline); `recon_vq` has "
+        "**no GAN**. Throughput = batch / median wall-clock step time after warm-up, contenders interleaved in one "
+        "process. `vqzoo+fixes` = vqzoo with the proposed speed fixes patched into that one instance at run time "
+        "(not in the library). Memory = growth of the peak over the built model, each contender in its own "
+        "subprocess (CPU: resident set; CUDA: allocated). Script: `benchmarks/train_step.py`; raw times, CPU times "
+        "and the protocol: `train_step.json`.",
         "",
-        "| run | device | threads | vqzoo img/s | taming img/s | speedup (medians) | per-round ratio (min-max) "
-        "| vqzoo mem (MiB) | taming mem (MiB) | live-tensor peak vqzoo / taming (MiB) | params (G / D) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    mib = 2**20
     for key, r in sorted(runs.items()):
-        v, t = r["timing"]["vqzoo"], r["timing"]["taming"]
-        mv, mt = r["memory"]["vqzoo"], r["memory"]["taming"]
-        lv, lt = mv.get("live_tensor_peak_bytes"), mt.get("live_tensor_peak_bytes")
-        live = f"{lv / mib:.0f} / {lt / mib:.0f}" if lv and lt else "n/a"
-        pr = r["per_round_ratio"]
-        lines.append(
-            f"| {key} | {r['device_name']} | {r['threads']} | {v['images_per_s']:.2f} (±{v['spread_pct']:.0f}%) "
-            f"| {t['images_per_s']:.2f} (±{t['spread_pct']:.0f}%) | **{r['speedup']:.2f}x** "
-            f"| {pr['median']:.2f} ({pr['min']:.2f}-{pr['max']:.2f}) "
-            f"| {mv['delta_bytes'] / mib:.0f} | {mt['delta_bytes'] / mib:.0f} | {live} "
-            f"| {r['parameters']['generator_parameters']:,} / {r['parameters']['discriminator_parameters']:,} |"
-        )
+        lines += [
+            f"## {key}",
+            "",
+            f"{r['device_name']}, {r['threads']} threads, {r['dtype']}, ch {r['config']['ch']}, batch "
+            f"{r['config']['batch']}, {r['repeats']} timed rounds after {r['warmup']} warm-up; load average "
+            f"{r['load_average'][0]:.1f} -> {r['load_average'][1]:.1f}. Parameters: generator "
+            f"{r['parameters']['generator_parameters']:,}, discriminator {r['parameters']['discriminator_parameters']:,}.",
+            "",
+            "| contender | img/s (wall) | median step (s) | min-max (s) | spread | speedup vs taming | "
+            "per-round ratio (min-max) | CPU s/step | memory +MiB | live-tensor peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, t in r["timing"].items():
+            lines.append(_markdown_row(name, t, r))
+        if r.get("fixes"):
+            lines += ["", f"Fixes applied to `vqzoo+fixes`: {'; '.join(r['fixes'])}. Largest reconstruction "
+                      f"difference to the unpatched model (same weights and batch): {r['fixes_max_abs_diff']:.2e}."]
+        if r.get("taming_import_shims"):
+            lines += ["", f"taming import shims: {'; '.join(r['taming_import_shims'])}."]
+        lines.append("")
     lines += [
-        "",
-        "Spread: (max - min) / median of the timed steps. Memory columns: CPU = growth of the peak resident set "
-        "over the steps on top of the built model (gradients, Adam states, activations, allocator caching); "
-        "CUDA = growth of the peak allocation over the allocation after building.",
+        "Spread = (max - min) / median of the timed steps; per-round ratio = taming's time / the contender's time "
+        "in the same round. CPU s/step = process CPU time (all threads; includes the thread pool's spin-waits).",
     ]
-    notes = [r.get("notes") for r in runs.values() if r.get("notes")]
-    for n in dict.fromkeys(notes):
-        lines += ["", n]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -548,54 +671,70 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", choices=SCENARIOS + ("all",), default="all")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ch", type=int, default=Config.ch)
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast to bfloat16")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--ch", type=int, default=Config.ch, help="base width (the TE paper uses 128)")
     ap.add_argument("--batch", type=int, default=Config.batch)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--memory-steps", type=int, default=3)
-    ap.add_argument("--profile", action="store_true", help="print torch.profiler op tables for both steps")
-    ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    ap.add_argument("--no-fixes", action="store_true", help="do not time vqzoo with the proposed fixes")
+    ap.add_argument("--profile", action="store_true", help="print a side-by-side torch.profiler op table")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses (and saving)")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results")
     ap.add_argument("--out", default=str(RESULTS / "train_step.json"))
-    ap.add_argument("--memory-child", choices=MODELS, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", choices=("vqzoo", "vqzoo+fixes", "taming"), help=argparse.SUPPRESS)
     return ap.parse_args()
 
 
-def run_scenario(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
-    print(f"\n## scenario {args.scenario} on {device} ({args.dtype}), {args.threads} threads, batch {cfg.batch}")
-    steps = {n: build(n, cfg, args.scenario, device, args.dtype) for n in MODELS}
+def run_scenario(args: argparse.Namespace, scenario: str, cfg: Config, device: torch.device) -> dict:
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n## scenario {scenario} on {device} ({args.dtype}), {args.threads} threads, ch {cfg.ch}, batch {cfg.batch}")
+    names = ["vqzoo"] + ([] if args.no_fixes else ["vqzoo+fixes"]) + ["taming"]
+    steps = {n: build(n, cfg, scenario, device, args.dtype) for n in names}
     params = check_equal_architecture(steps["vqzoo"], steps["taming"])
     x = make_batch(cfg, device)
+    fixes, diff = [], None
+    if not args.no_fixes:
+        fixes = steps["vqzoo+fixes"].fixes
+        diff = fixes_max_abs_diff(steps["vqzoo"], steps["vqzoo+fixes"], x)
+        print(f"vqzoo+fixes: {'; '.join(fixes)}; max |x_rec difference| to vqzoo: {diff:.2e}")
     times = interleaved_times(steps, x, args.warmup, args.repeats)
-    timing = {n: summarize(times[n], cfg.batch) | {"times_s": times[n]} for n in MODELS}
-    ratios = [t / v for v, t in zip(times["vqzoo"], times["taming"])]
-    speedup = timing["taming"]["median_s"] / timing["vqzoo"]["median_s"]
-    for n in MODELS:
-        s = timing[n]
-        print(f"{n:7s} {s['images_per_s']:7.2f} img/s  median {s['median_s']:.3f}s  "
-              f"[{s['min_s']:.3f}, {s['max_s']:.3f}]  spread {s['spread_pct']:.0f}%")
-    print(f"speedup vqzoo/taming (throughput): {speedup:.3f}x  per-round ratios median "
-          f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]")
-    if args.profile:
-        profile_steps(steps, x)
+    timing = {
+        n: {"wall": summarize(times[n]["wall"], cfg.batch), "cpu": summarize(times[n]["cpu"], cfg.batch),
+            "wall_s": times[n]["wall"], "cpu_s": times[n]["cpu"]}
+        for n in names
+    }
+    tw = timing["taming"]["wall"]["median_s"]
+    speedup = {n: tw / timing[n]["wall"]["median_s"] for n in names}
+    per_round = {}
+    for n in names:
+        if n == "taming":
+            continue
+        ratios = [t / v for v, t in zip(times[n]["wall"], times["taming"]["wall"])]
+        per_round[n] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    tc = timing["taming"]["cpu"]["median_s"]
+    for n in names:
+        w, c = timing[n]["wall"], timing[n]["cpu"]
+        print(f"{n:12s} {w['images_per_s']:7.2f} img/s  median {w['median_s']:.3f}s [{w['min_s']:.3f}, {w['max_s']:.3f}] "
+              f"spread {w['spread_pct']:.0f}%  speedup {speedup[n]:.3f}x  (CPU time {c['median_s']:.3f}s, "
+              f"speedup {tc / c['median_s']:.3f}x)")
+    profile = profile_side_by_side(steps, x) if args.profile else None
     del steps
     gc.collect()
     memory = {}
     if not args.no_memory:
-        for n in MODELS:
-            memory[n] = measure_memory(n, args)
-            m = memory[n]
+        for n in names:
+            memory[n] = m = measure_memory(n, args, scenario)
             live = m.get("live_tensor_peak_bytes")
-            print(f"{n:7s} memory ({m['method']}): +{m['delta_bytes'] / 2**20:.1f} MiB over the built model "
-                  f"(peak {m['peak_bytes'] / 2**20:.1f} MiB)"
+            print(f"{n:12s} memory: +{m['delta_bytes'] / 2**20:.1f} MiB over the built model "
+                  f"(peak {m['peak_bytes'] / 2**20:.1f} MiB; {m['method']})"
                   + (f", live-tensor peak {live / 2**20:.1f} MiB" if live else ""))
-    shims = import_taming()["shims"]
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {
-        "scenario": args.scenario,
+        "scenario": scenario,
         "loss": "L1 + VQ (beta 0.25 on commitment), codebook weight 1; no LPIPS"
-        + ("; PatchGAN hinge, adaptive weight x0.8, from step 0" if args.scenario == "gan" else "; no GAN"),
+        + ("; PatchGAN hinge, adaptive weight x0.8, active from step 0" if scenario == "gan" else "; no GAN"),
         "device": str(device),
         "device_name": device_name(device),
         "dtype": args.dtype,
@@ -603,20 +742,25 @@ def run_scenario(args: argparse.Namespace, cfg: Config, device: torch.device) ->
         "config": asdict(cfg),
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "load_average": [load0, load1],
         "torch": torch.__version__,
         "taming": _version("taming-transformers-rom1504"),
-        "taming_import_shims": shims,
+        "taming_import_shims": import_taming()["shims"],
         "parameters": params,
         "timing": timing,
         "speedup": speedup,
-        "per_round_ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+        "per_round_ratio": per_round,
+        "fixes": fixes,
+        "fixes_max_abs_diff": diff,
         "memory": memory,
         "memory_method": (
-            "each model in a fresh subprocess; CPU: ru_maxrss after the steps minus ru_maxrss after building "
-            "model, optimizer and batch; live_tensor_peak_bytes: peak live CPU tensor bytes over one step from "
-            "torch.profiler's memory timeline. CUDA: torch.cuda.max_memory_allocated (peak_bytes, absolute) and "
-            "its increase over memory_allocated after building (delta_bytes)."
+            "each contender in a fresh subprocess, built, then memory_steps steps. CPU: peak resident set over the "
+            "steps (VmHWM after a clear_refs reset) minus the resident set after building model, optimizer and batch; "
+            "live_tensor_peak_bytes: peak live CPU tensor bytes over one more step from torch.profiler's memory "
+            "timeline. CUDA: torch.cuda.max_memory_allocated (peak_bytes, absolute) and its increase over "
+            "memory_allocated after building (delta_bytes)."
         ),
+        "profile": profile,
     }
 
 
@@ -627,14 +771,10 @@ def main() -> None:
     cfg = Config(ch=args.ch, batch=args.batch)
     if args.memory_child:
         scenario = args.scenario if args.scenario != "all" else "recon_vq"
-        res = memory_child(args.memory_child, cfg, scenario, device, args.dtype, args.memory_steps)
-        print(json.dumps(res))
+        print(json.dumps(memory_child(args.memory_child, cfg, scenario, device, args.dtype, args.memory_steps)))
         return
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
-    results = {}
-    for s in scenarios:
-        args.scenario = s
-        results[f"{device.type}-{args.dtype}-{s}"] = run_scenario(args, cfg, device)
+    results = {f"{device.type}-{args.dtype}-{s}-ch{cfg.ch}": run_scenario(args, s, cfg, device) for s in scenarios}
     if args.no_save or args.no_memory:
         return
     out = Path(args.out)

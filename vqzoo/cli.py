@@ -71,12 +71,25 @@ class VQZooCLI(LightningCLI):
         finally:
             self.trainer_defaults["callbacks"] = saved
 
+    @staticmethod
+    def _ddp_for_gans(cfg: Any, trainer: Any) -> None:
+        # A GAN tokenizer's generator step never touches the discriminator and vice
+        # versa (manual optimization), so DDP must tolerate unused parameters.
+        model = cfg.get("model")
+        init = model.get("init_args") if model is not None and hasattr(model, "get") else None
+        if trainer.get("strategy") == "ddp" and init is not None and init.get("adversarial") is not None:
+            trainer["strategy"] = "ddp_find_unused_parameters_true"
+            print("vqzoo: GAN training under DDP: using strategy 'ddp_find_unused_parameters_true'", file=sys.stderr)
+
     def before_instantiate_classes(self) -> None:
         # Default loggers (TensorBoard + CSV) live under the run's default_root_dir,
         # unless the config chose loggers itself (or `logger: false`).
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         trainer = cfg.get("trainer")
-        if trainer is None or trainer.get("logger") not in (None, True):
+        if trainer is None:
+            return
+        self._ddp_for_gans(cfg, trainer)
+        if trainer.get("logger") not in (None, True):
             return
         root = trainer.get("default_root_dir") or "runs"
         trainer["logger"] = [

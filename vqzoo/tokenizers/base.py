@@ -421,7 +421,11 @@ class Tokenizer(L.LightningModule, abc.ABC):
 
     # ------------------------------------------------------------------ images
     def _save_grid(self, x: Tensor, x_rec: Tensor) -> None:
-        if self._trainer is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if self._trainer is None or self.trainer.sanity_checking:
+            return
+        # trainer.log_dir broadcasts under DDP: every rank must ask for it, rank 0 writes.
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
+        if not self.trainer.is_global_zero:
             return
         n = min(self.num_val_images, x.shape[0])
         grid = make_grid(torch.cat([x[:n], x_rec[:n].clamp(-1, 1)]), nrow=n)
@@ -430,9 +434,8 @@ class Tokenizer(L.LightningModule, abc.ABC):
             if hasattr(experiment, "add_image"):
                 experiment.add_image("val/reconstructions", grid, self.generator_step)
         # PNGs go into the run's log directory; a run without loggers writes none.
-        if self.trainer.loggers and self.trainer.log_dir:
-            out = Path(self.trainer.log_dir) / "reconstructions" / f"step_{self.generator_step:07d}.png"
-            save_png(grid, out)
+        if log_dir:
+            save_png(grid, Path(log_dir) / "reconstructions" / f"step_{self.generator_step:07d}.png")
 
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

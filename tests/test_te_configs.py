@@ -1,0 +1,354 @@
+"""TE-VQGAN reproduction: every TE config builds what its header promises, and the
+helpers of benchmarks/reproduce_te.py compute what they claim on tiny inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from vqzoo.cli import VQZooCLI
+from vqzoo.data.captions import MAX_CAPTION_LENGTH, VOCAB, VOCAB_SIZE
+from vqzoo.data.quadrants import QuadrantsDataModule
+from vqzoo.priors import MiniGPT
+from vqzoo.quantize import OrthogonalRegularizer
+from vqzoo.tokenizers import VQGAN
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE1_PAPER = sorted((ROOT / "configs" / "tokenizers").glob("te_*.yaml"))
+EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("te_*.yaml"))
+METHODS = {"sc": "strided_conv", "cb": "conv_blurpool", "mp": "maxpool", "mb": "max_blurpool", "ours": "strided_conv"}
+
+
+@pytest.fixture(scope="module")
+def rt():
+    """benchmarks/reproduce_te.py imported as a module."""
+    spec = importlib.util.spec_from_file_location("reproduce_te", ROOT / "benchmarks" / "reproduce_te.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce_te"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build(path: Path, *extra: str) -> VQZooCLI:
+    """Parse and instantiate a config on CPU (the paper configs ask for 2 GPUs) without setting data up."""
+    args = ["--config", str(path), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+            "--trainer.strategy", "auto", *extra]
+    return VQZooCLI(run=False, args=args)
+
+
+def key_of(path: Path) -> str:
+    stem = path.stem.replace("_fashion", "").replace("_100k", "")
+    return stem.rsplit("_", 1)[-1]
+
+
+def test_the_expected_configs_exist():
+    names = {p.stem for p in STAGE1_PAPER} | {p.stem for p in EXPERIMENTS}
+    for k in METHODS:
+        assert f"te_vqgan_{k}" in names and f"te_small_vqgan_{k}" in names and f"te_stage2_{k}" in names
+    for extra in ("te_vqgan_sc_fashion", "te_vqgan_ours_fashion", "te_stage2_sc_100k", "te_stage2_ours_100k",
+                  "te_stage2_data", "te_stage2_data_100k", "te_small_stage2", "te_small_stage2_data"):
+        assert extra in names
+
+
+@pytest.mark.parametrize("path", STAGE1_PAPER, ids=lambda p: p.stem)
+def test_paper_stage1_config_is_the_reference_recipe(path):
+    cli = build(path)
+    m, dm, key = cli.model, cli.datamodule, key_of(path)
+    assert isinstance(m, VQGAN) and isinstance(dm, QuadrantsDataModule)
+    assert not dm.datasets  # not set up: nothing generated or loaded
+    assert m.resolution == 64 and m.in_channels == 3 and m.downsample_factor == 4 and m.token_shape == (16, 16)
+    assert m.encoder.downsample_factor == 4 and m.quant_conv.in_channels == 256
+    assert m.quantizer.num_codes == 128 and m.quantizer.dim == 256 and m.quantizer.beta == 0.25
+    assert {d.method for d in m.encoder.modules() if type(d).__name__ == "Downsample"} == {METHODS[key]}
+    regs = list(m.quantizer.regularizers)
+    if key == "ours":
+        assert len(regs) == 1 and isinstance(regs[0], OrthogonalRegularizer) and regs[0].weight == 10.0
+    else:
+        assert regs == []
+    adv = m.adversarial
+    assert adv.disc_start == 30001 and adv.disc_weight == 0.8 and adv.adaptive and adv.loss == "hinge"
+    assert m.codebook_weight == 1.0 and m.perceptual_weight == 1.0 and m.reconstruction_loss == "l1"
+    assert m.betas == (0.5, 0.9) and m.optimizer_name == "adam"
+    # The TE code's rule base_lr x batch x GPUs = 8e-6 x 96 x 2; scale_lr supplies the GPU factor.
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["trainer"]["devices"] == 2 and m.scale_lr == "linear"
+    assert math.isclose(m.learning_rate * cfg["trainer"]["devices"], 2 * 96 * 8e-6)
+    assert cfg["seed_everything"] == 23 and cfg["trainer"]["max_epochs"] == 40
+    hp = dm.hparams
+    assert (hp.canvas_size, hp.train_size, hp.val_size, hp.test_size, hp.batch_size) == (64, 300_000, 3000, 3000, 96)
+    assert hp.source == ("fashion_mnist" if "fashion" in path.stem else "mnist") and not hp.with_captions
+    header = path.read_text().split("\nseed_everything")[0]
+    for word in ("Paper:", "Hardware:", "vgg16-397923af.pth", "Expected"):
+        assert word in header
+
+
+@pytest.mark.parametrize("key", list(METHODS))
+def test_paper_headers_carry_the_papers_numbers(rt, key):
+    tok = (ROOT / "configs" / "tokenizers" / f"te_vqgan_{key}.yaml").read_text()
+    st2 = (ROOT / "configs" / "experiments" / f"te_stage2_{key}.yaml").read_text()
+    for direction in ("t2i", "i2t"):
+        for mean, std in rt.PAPER_TABLE1[direction][key]:
+            assert f"{mean:.3f} ({std:.3f})" in tok and f"{mean:.3f} ({std:.3f})" in st2
+    if key in rt.PAPER_TABLE2:
+        mean, std = rt.PAPER_TABLE2[key]["reduced"]
+        assert f"{mean:.3f} ({std:.3f})" in tok
+        assert f"{mean:.3f} ({std:.3f})" in (ROOT / "configs" / "experiments" / f"te_stage2_{key}_100k.yaml").read_text()
+        for dataset, suffix in (("mnist", ""), ("fashion", "_fashion")):
+            text = (ROOT / "configs" / "tokenizers" / f"te_vqgan_{key}{suffix}.yaml").read_text()
+            paper = rt.PAPER_TABLE3[dataset][key]
+            assert f"code usage {paper['codes_used']}" in text and f"{paper['l1']:.4f}" in text
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if "small_vqgan" in p.stem], ids=lambda p: p.stem)
+def test_small_stage1_config_keeps_the_codebook_and_tokenizes_8x8(path):
+    cli = build(path)
+    m, dm, key = cli.model, cli.datamodule, key_of(path)
+    assert isinstance(m, VQGAN) and m.resolution == 32 and m.token_shape == (8, 8)
+    assert m.quantizer.num_codes == 128 and m.quantizer.dim == 256
+    assert {d.method for d in m.encoder.modules() if type(d).__name__ == "Downsample"} == {METHODS[key]}
+    assert (len(m.quantizer.regularizers) == 1) == (key == "ours")
+    assert m.perceptual_weight == 0.0  # no VGG weights offline
+    hp = dm.hparams
+    assert hp.source == "mnist5k" and hp.canvas_size == 32
+    # disc start at half of training, counted in generator steps
+    steps = hp.train_size // hp.batch_size * cli.config["trainer"]["max_epochs"]
+    assert m.adversarial.disc_start == steps // 2
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    idx = m.tokenize(x)
+    assert idx.shape == (2, 8, 8) and idx.dtype == torch.int64
+    assert m.detokenize(idx).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if "stage2" in p.stem and "data" not in p.stem],
+                         ids=lambda p: p.stem)
+def test_stage2_configs_fit_their_tokenizers_and_vocabulary(path):
+    cli = build(path)
+    prior = cli.model
+    assert isinstance(prior, MiniGPT) and prior.condition == "text" and prior.order == "both"
+    assert prior.text_vocab_size == VOCAB_SIZE and prior.text_length == MAX_CAPTION_LENGTH
+    assert prior.text_pad_id == VOCAB.pad_id
+    assert (prior.condition_loss_weight, prior.image_loss_weight) == (1.0, 7.0)
+    assert prior.lr == 1e-3 and prior.weight_decay == 0.0 and prior.tokenizer_path is None
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["trainer"]["gradient_clip_val"] == 1.0 and cfg["seed_everything"] == 42
+    small = "small" in path.stem
+    tokenizer_cfg = (ROOT / "configs" / "experiments" / "te_small_vqgan_sc.yaml") if small else (
+        ROOT / "configs" / "tokenizers" / f"te_vqgan_{key_of(path)}.yaml")
+    tok_cfg = yaml.safe_load(tokenizer_cfg.read_text())["model"]["init_args"]
+    side = tok_cfg["resolution"] // 4
+    assert prior.vocab_size == tok_cfg["quantizer"]["init_args"]["num_codes"]
+    assert prior.token_shape == (side, side)
+    size = (prior.trunk.n_layer, prior.trunk.n_head, prior.n_embd)
+    assert size == ((4, 4, 128) if small else (8, 8, 256))
+    if not small:
+        assert cfg["trainer"]["max_epochs"] == 20 and cfg["data"]["init_args"]["batch_size"] == 100
+
+
+@pytest.mark.parametrize("name", ["te_stage2_data", "te_stage2_data_100k", "te_small_stage2_data"])
+def test_stage2_data_configs_describe_captioned_quadrants(rt, name):
+    dm = rt.build_datamodule(ROOT / "configs" / "experiments" / f"{name}.yaml")
+    assert isinstance(dm, QuadrantsDataModule) and dm.hparams.with_captions and not dm.datasets
+    expected = {"te_stage2_data": (64, 300_000), "te_stage2_data_100k": (64, 100_000), "te_small_stage2_data": (32, 20_000)}
+    assert (dm.hparams.canvas_size, dm.hparams.train_size) == expected[name]
+    # same generator as the stage-1 data of that scale, so both stages share the train split
+    stage1 = "configs/experiments/te_small_vqgan_sc.yaml" if "small" in name else "configs/tokenizers/te_vqgan_sc.yaml"
+    s1 = yaml.safe_load((ROOT / stage1).read_text())["data"]["init_args"]
+    assert s1["seed"] == dm.hparams.seed and s1["source"] == dm.hparams.source
+    assert s1["canvas_size"] == dm.hparams.canvas_size
+
+
+# ----------------------------------------------------------------------- script helpers
+def test_summarize_fmt_and_top_k(rt):
+    s = rt.summarize([0.5, 0.7, None])
+    assert s["n"] == 2 and math.isclose(s["mean"], 0.6) and math.isclose(s["std"], math.sqrt(0.02))
+    assert rt.summarize([0.25]) == {"mean": 0.25, "std": None, "n": 1}
+    assert rt.summarize([None])["mean"] is None
+    assert rt.fmt(s) == "0.600 (0.141)" and rt.fmt(rt.summarize([])) == "n/a"
+    assert (rt.top_k_for(128), rt.top_k_for(53), rt.top_k_for(5)) == (12, 5, 1)
+    assert rt.scaled(1000, 0.5) == 500 and rt.scaled(500, 0.001, 0) == 0 and rt.scaled(3, 0.01) == 1
+
+
+def test_single_device_overrides_keep_the_effective_batch_and_rate(rt):
+    cfg = yaml.safe_load((ROOT / "configs" / "tokenizers" / "te_vqgan_sc.yaml").read_text())
+    args, notes = rt.single_device_overrides(cfg, "tokenizer")
+    got = dict(zip(args[::2], args[1::2]))
+    assert got["--data.init_args.batch_size"] == "192"
+    assert math.isclose(float(got["--model.init_args.learning_rate"]), 1.536e-3) and len(notes) == 2
+    cfg2 = yaml.safe_load((ROOT / "configs" / "experiments" / "te_stage2_sc.yaml").read_text())
+    args2, _ = rt.single_device_overrides(cfg2, "prior")
+    assert args2 == ["--data.init_args.batch_size", "200"]  # the prior's lr is not scaled
+    small = yaml.safe_load((ROOT / "configs" / "experiments" / "te_small_vqgan_sc.yaml").read_text())
+    assert rt.single_device_overrides(small, "tokenizer") == ([], [])
+
+
+def fake_results(rt, values):
+    runs = []
+    for v in values:
+        ev = {d: {**{f"{q}/digit": v + i / 100 for i, q in enumerate(rt.QUADS)},
+                  **{f"{q}/color": 1.0 for q in rt.QUADS}, "all/digit": v} for d in ("t2i", "i2t")}
+        runs.append({
+            "stage1": {}, "fashion": {},
+            "table3": {k: {"codes_used": 10.0 + 100 * (k == "sc"), "l1": v, "perceptual": None, "equivariance": v,
+                           "codebook_size": 128} for k in ("sc", "ours")},
+            "stage2": {k: {"eval": ev, "oracle": ev["t2i"], "train_pairs": 300} for k in ("sc", "ours")},
+            "table2": {k: {"eval": {"t2i": {"Quad1/digit": v - 0.1}}, "train_pairs": 100} for k in ("sc", "ours")},
+        })
+    return {"scale": "small", "tokenizers": ["sc", "ours"], "runs": runs, "options": {"budget_scale": 1.0}}
+
+
+def test_tables_average_runs_and_markdown_sits_beside_the_paper(rt):
+    res = fake_results(rt, [0.5, 0.7])
+    tables = rt.build_tables(res)
+    q2 = tables["table1"]["sc"]["t2i/Quad2/digit"]
+    assert math.isclose(q2["mean"], 0.61) and math.isclose(q2["std"], math.sqrt(0.02)) and q2["n"] == 2
+    t2 = tables["table2"]["ours"]
+    assert math.isclose(t2["full"]["mean"], 0.6) and math.isclose(t2["reduced"]["mean"], 0.5)
+    assert math.isclose(t2["diff"]["mean"], 0.1) and t2["train_pairs"] == {"full": 300, "reduced": 100}
+    assert tables["table3"]["mnist"]["sc"]["codes_used"]["mean"] == 110.0
+    assert tables["table3"]["mnist"]["sc"]["perceptual"]["mean"] is None
+    md = rt.render_markdown(res)
+    assert "| SC (VQGAN), measured | 0.600 (0.141) | 0.610 (0.141)" in md
+    assert "| Ours (TE-VQGAN), paper | 0.931 (0.033) | 0.913 (0.032) | 0.890 (0.048) | 0.868 (0.059)" in md
+    assert "| MNIST | Ours (TE-VQGAN), paper | 14 | 0.0084 | 0.0048 | n/a |" in md
+    assert "0.073" in md  # the paper's table-2 difference for VQGAN
+    assert "NOT FINISHED" in md  # no "finished" stamp in these results
+
+
+class LookupTokenizer(nn.Module):
+    """Token = position of the image among ``images`` (an exact lookup), shape (B, 1, 1)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__()
+        self.images = images
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.vocab_size, self.token_shape = len(images), (1, 1)
+
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        d = (x.flatten(1)[:, None] - self.images.flatten(1)[None]).abs().sum(-1)
+        return d.argmin(1).view(-1, 1, 1)
+
+    def detokenize(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images[idx.flatten()]
+
+
+class LookupPrior(nn.Module):
+    """t2i: the token of the test image whose caption ids match; i2t: that image's caption ids."""
+
+    def __init__(self, text: torch.Tensor) -> None:
+        super().__init__()
+        self.text = text
+        self.vocab_size, self.text_vocab_size = len(text), VOCAB_SIZE
+        self.calls: list[int] = []
+
+    def generate(self, n, condition, temperature, top_k, generator):  # noqa: ANN001
+        assert top_k == 1 and temperature == 1.0 and condition.shape == (n, MAX_CAPTION_LENGTH)
+        self.calls.append(n)
+        match = (condition[:, None] == self.text[None]).all(-1).float().argmax(1)
+        return match.view(n, 1, 1)
+
+    def generate_text(self, tokens, temperature, top_k, generator):  # noqa: ANN001
+        assert top_k == 5
+        return self.text[tokens.flatten()]
+
+
+class ColorOnlyClassifier(nn.Module):
+    """Reads the color from the crop's channel maxima; always answers label 0."""
+
+    crop_size = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, crops: torch.Tensor):  # noqa: ANN201
+        peak = (crops.amax(dim=(2, 3)) + 1) / 2  # (B, 3) in [0, 1]
+        white = (peak > 0.5).all(1)
+        color = torch.where(white, torch.zeros_like(white, dtype=torch.long), peak.argmax(1) + 1)
+        label = torch.zeros(crops.shape[0], 10)
+        label[:, 0] = 1.0
+        return nn.functional.one_hot(color, 4).float(), label
+
+
+def test_evaluate_prior_scores_a_perfect_generator(rt):
+    """Exact lookups give i2t accuracy 1, t2i color accuracy 1, and a digit accuracy
+    equal to the share of label-0 objects (what an always-0 classifier earns)."""
+    dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_stage2_data.yaml",
+                             canvas_size=16, train_size=4, val_size=4, test_size=12)
+    items = rt.collect_test_items(dm, batch_size=5)
+    assert items["image"].shape == (12, 3, 16, 16) and len(items["caption"]) == 12
+    prior, tok = LookupPrior(items["text"]), LookupTokenizer(items["image"])
+    prior.vocab_size = 10  # top_k_for(10) == 1: the lookup ignores it, the call must pass it
+    res = rt.evaluate_prior(prior, tok, ColorOnlyClassifier(), items, seed=0, device=torch.device("cpu"),
+                            batch_size=5)
+    assert prior.calls == [5, 5, 2]  # generated in chunks of the eval batch
+    assert res["num_test"] == 12 and res["t2i_top_k"] == 1 and res["i2t_top_k"] == 5
+    assert res["i2t"]["all/digit"] == 1.0 and res["i2t"]["all/exact"] == 1.0
+    assert res["t2i"]["all/color"] == 1.0
+    labels = [int(t[p, 1]) for t in items["layout"] for p in range(4) if int(t[p, 0]) >= 0]
+    assert math.isclose(res["t2i"]["all/digit"], float(np.mean([lab == 0 for lab in labels])))
+    assert sum(res["t2i"][f"{q}/images"] for q in rt.QUADS if f"{q}/images" in res["t2i"]) == 12
+    assert res["i2t_examples"][0]["generated"] == items["caption"][0]
+    oracle = rt.reconstruction_oracle(tok, ColorOnlyClassifier(), items, torch.device("cpu"), batch_size=5)
+    assert oracle == res["t2i"]
+
+
+def test_stage1_table3_counts_codes_of_an_exact_tokenizer(rt):
+    dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_vqgan_sc.yaml",
+                             canvas_size=16, train_size=4, val_size=4, test_size=6, batch_size=4)
+    dm.setup("test")
+    images = torch.cat([b["image"] for b in dm.test_dataloader()])
+    tok = LookupTokenizer(images)
+    # equivariance needs a spatial map with an even side: repeat the lookup token on 2x2
+    tok.tokenize = lambda x: LookupTokenizer.tokenize(tok, x).expand(-1, 2, 2)
+    tok.detokenize = lambda idx: images[idx[:, 0, 0]]
+    rep = rt.stage1_table3(tok, dm, n_objects=3, perceptual=None, device=torch.device("cpu"))
+    assert rep["codes_used"] == 6.0 and rep["l1"] == 0.0 and rep["perceptual"] is None
+    assert rep["codebook_size"] == 6 and rep["equivariance_objects"] == 3
+    assert 0.0 <= rep["equivariance"] <= 1.0
+
+
+class RandomTokenizer(nn.Module):
+    """Any image -> fixed pseudo-random 8x8 tokens < 128 (a stand-in for a trained tokenizer)."""
+
+    vocab_size, token_shape = 128, (8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        seed = (x.flatten(1).sum(1) * 1000).long().abs()
+        return (seed[:, None] * torch.arange(1, 65) % 128).view(-1, 8, 8)
+
+
+def test_fit_config_trains_the_small_stage2_config_and_the_checkpoint_reloads(rt, tmp_path, capsys):
+    from torch.utils.data import DataLoader
+
+    from vqzoo.data.tokens import encode_tokens
+    from vqzoo.priors.base import load_prior
+
+    dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_stage2_data.yaml",
+                             train_size=8, val_size=4, test_size=4)
+    dm.setup("fit")
+    for split in ("train", "test"):
+        encode_tokens(RandomTokenizer(), DataLoader(dm.datasets[split], batch_size=4), tmp_path / split)
+    overrides = ["--data.init_args.root", str(tmp_path / "train"), "--data.init_args.val_root", str(tmp_path / "test"),
+                 "--data.init_args.batch_size", "4", "--model.init_args.n_layer", "1", "--model.init_args.n_head", "1",
+                 "--model.init_args.n_embd", "16", "--model.init_args.warmup_steps", "1"]
+    prior, _, info = rt.fit_config("configs/experiments/te_small_stage2.yaml", overrides, 7, tmp_path / "fit",
+                                   "tiny", "cpu")
+    assert info["batches"] == 4 and info["seed"] == 7 and not prior.training  # 2 epochs x 2 batches
+    assert "[tiny] 4/4 loss" in capsys.readouterr().out
+    again = load_prior(info["checkpoint"])
+    for (name, a), (_, b) in zip(prior.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert math.isfinite(info["logged"]["val/loss"])
