@@ -35,6 +35,28 @@ class CheckpointError(ValueError):
     """A checkpoint or export that cannot be used, with the reason."""
 
 
+def checkpoint_meta(model: torch.nn.Module) -> dict[str, Any]:
+    """What vqzoo adds to every Lightning checkpoint: the model class and the RNG states.
+
+    The RNG states make a resumed run draw the same random numbers (dead-code
+    reset candidates, MaskGIT masks, dropout) as an uninterrupted one.
+    """
+    cls = type(model)
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "rng": rng}
+
+
+def restore_rng(checkpoint: dict[str, Any]) -> None:
+    """Restore the RNG states saved by :func:`checkpoint_meta`, if any."""
+    rng = (checkpoint.get("vqzoo") or {}).get("rng") or {}
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 def _trusted_prefixes() -> tuple[str, ...]:
     extra = [p.strip() for p in os.environ.get("VQZOO_TRUSTED_MODULES", "").split(",") if p.strip()]
     return ("vqzoo.", *extra)

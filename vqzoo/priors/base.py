@@ -368,8 +368,14 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
             self.check_token_spec(int(meta["vocab_size"]), tuple(meta["token_shape"]), "token data")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        cls = type(self)
-        checkpoint["vqzoo"] = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
+        from vqzoo.checkpoint import checkpoint_meta
+
+        checkpoint["vqzoo"] = checkpoint_meta(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from vqzoo.checkpoint import restore_rng
+
+        restore_rng(checkpoint)
 
     def prepare_batch(self, batch: Any) -> PriorBatch:
         """Normalise a dataloader batch into a :class:`PriorBatch` (tokenizing images if needed)."""

@@ -439,7 +439,14 @@ class Tokenizer(L.LightningModule, abc.ABC):
 
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["vqzoo"] = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}"}
+        from vqzoo.checkpoint import checkpoint_meta
+
+        checkpoint["vqzoo"] = checkpoint_meta(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from vqzoo.checkpoint import restore_rng
+
+        restore_rng(checkpoint)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -1,0 +1,93 @@
+"""Exact resume: stop at step N, resume with ckpt_path, end where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from vqzoo import DeadCodeReset, MaskGIT, OrthogonalRegularizer, VectorQuantizer, VQGAN
+from vqzoo.losses import AdversarialLoss, NLayerDiscriminator
+
+
+def gan_tokenizer() -> VQGAN:
+    L.seed_everything(0)
+    q = VectorQuantizer(16, 8, regularizers=[OrthogonalRegularizer(10.0)], reset=DeadCodeReset(every=2))
+    adv = AdversarialLoss(NLayerDiscriminator(in_channels=1, ndf=8, n_layers=1), disc_start=2)
+    return VQGAN(q, in_channels=1, resolution=16, ch=8, ch_mult=(1, 2), attn_resolutions=(), z_channels=8,
+                 adversarial=adv, learning_rate=2e-3, warmup_steps=4)
+
+
+def image_loader() -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 1, 16, 16, generator=g) * 2 - 1
+    return DataLoader(TensorDataset(x, torch.zeros(24, dtype=torch.long)), batch_size=8, shuffle=False)
+
+
+def prior() -> MaskGIT:
+    L.seed_everything(0)
+    return MaskGIT(vocab_size=8, token_shape=[4, 4], n_layer=1, n_head=2, n_embd=16, embd_pdrop=0.0,
+                   resid_pdrop=0.0, attn_pdrop=0.0, lr=1e-2, warmup_steps=3)
+
+
+def token_loader() -> DataLoader:
+    g = torch.Generator().manual_seed(2)
+    t = torch.randint(0, 8, (24, 4, 4), generator=g)
+    return DataLoader(TensorDataset(t), batch_size=8, shuffle=False)
+
+
+def trainer(root: Path, epochs: int) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, deterministic=True, default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+    )
+
+
+def run_and_resume(make_model, make_loader, tmp_path: Path) -> tuple[L.LightningModule, L.LightningModule, L.Trainer, L.Trainer]:  # noqa: ANN001
+    full = make_model()
+    t_full = trainer(tmp_path / "full", 4)
+    t_full.fit(full, make_loader())
+
+    part = make_model()
+    trainer(tmp_path / "part", 2).fit(part, make_loader())
+    resumed = make_model()  # a fresh process would rebuild the model from scratch
+    torch.manual_seed(12345)  # and its RNG would be anywhere: the checkpoint must restore it
+    t_resumed = trainer(tmp_path / "part", 4)
+    t_resumed.fit(resumed, make_loader(), ckpt_path=tmp_path / "part" / "ckpt" / "last.ckpt")
+    return full, resumed, t_full, t_resumed
+
+
+def assert_same_training_state(a: L.LightningModule, b: L.LightningModule, ta: L.Trainer, tb: L.Trainer) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert ta.global_step == tb.global_step
+    for oa, ob in zip(ta.optimizers, tb.optimizers):
+        for (ka, va), (kb, vb) in zip(oa.state_dict()["state"].items(), ob.state_dict()["state"].items()):
+            for name in va:
+                assert torch.equal(torch.as_tensor(va[name]), torch.as_tensor(vb[name])), (ka, name)
+    for la, lb in zip(ta.lr_scheduler_configs, tb.lr_scheduler_configs):
+        assert la.scheduler.state_dict()["last_epoch"] == lb.scheduler.state_dict()["last_epoch"]
+
+
+def test_gan_tokenizer_with_reset_resumes_exactly(tmp_path: Path) -> None:
+    full, resumed, tf, tr = run_and_resume(gan_tokenizer, image_loader, tmp_path)
+    assert full.generator_step == resumed.generator_step == 12
+    assert int(full.quantizer.reset.num_resets) == 6
+    assert_same_training_state(full, resumed, tf, tr)
+    x = next(iter(image_loader()))[0]
+    full.eval(), resumed.eval()
+    with torch.no_grad():
+        fa, fb = full(x), resumed(x)
+    assert torch.equal(fa[0], fb[0]) and torch.equal(fa[1].loss, fb[1].loss)
+
+
+def test_prior_resumes_exactly(tmp_path: Path) -> None:
+    full, resumed, tf, tr = run_and_resume(prior, token_loader, tmp_path)
+    assert tf.global_step == 12
+    assert_same_training_state(full, resumed, tf, tr)
