@@ -1,0 +1,123 @@
+"""One table of bad inputs across vqzoo: each raises its exact error class with a message
+that names what was expected. Cases that need a training run or the CLI live in
+test_cli.py / test_vqgan.py and are listed at the bottom for completeness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqzoo import QGVAE, VQGAN, MaskGIT, MiniGPT, VectorQuantizer
+from vqzoo.checkpoint import CheckpointError, load_model
+
+
+def _vqgan() -> VQGAN:
+    torch.manual_seed(0)
+    return VQGAN(VectorQuantizer(16, 8), in_channels=3, resolution=16, ch=8, ch_mult=(1, 2), attn_resolutions=(),
+                 z_channels=8)
+
+
+def _qgvae() -> QGVAE:
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 4, layout="per_token", num_groups=16)
+    return QGVAE(q, in_channels=1, resolution=16, num_tokens=16, token_dim=4, num_heads=4, max_channels=16,
+                 encoder_start_channels=8, bottom_resolution=8)
+
+
+class _FakeTokenizer(torch.nn.Module):
+    vocab_size = 32
+    token_shape = (4, 4)
+
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 4, 4, dtype=torch.long)
+
+    def detokenize(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(idx.shape[0], 1, 16, 16)
+
+
+def _minigpt() -> MiniGPT:
+    return MiniGPT(vocab_size=16, token_shape=[4, 4], n_layer=1, n_head=1, n_embd=8)
+
+
+def _maskgit() -> MaskGIT:
+    return MaskGIT(vocab_size=16, token_shape=[4, 4], condition="class", num_classes=3, n_layer=1, n_head=1, n_embd=8)
+
+
+def _missing_folder(tmp: Path) -> None:
+    from vqzoo.data.images import ImageDataModule
+
+    ImageDataModule(source="folder", root=str(tmp / "no_such_folder"), resolution=16).setup("fit")
+
+
+def _corrupt(tmp: Path) -> None:
+    (tmp / "c.ckpt").write_bytes(b"\x00garbage")
+    load_model(tmp / "c.ckpt")
+
+
+def _truncated(tmp: Path) -> None:
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, tmp / "full.ckpt")
+    data = (tmp / "full.ckpt").read_bytes()
+    (tmp / "t.ckpt").write_bytes(data[: len(data) // 3])
+    load_model(tmp / "t.ckpt")
+
+
+def _other_model(tmp: Path) -> None:
+    torch.save({"state_dict": {}, "vqzoo": {"class_path": "vqzoo.priors.minigpt.MiniGPT"}}, tmp / "o.ckpt")
+    load_model(tmp / "o.ckpt", expected=VQGAN)
+
+
+def _untrusted_class(tmp: Path) -> None:
+    torch.save({"state_dict": {}, "vqzoo": {"class_path": "os.system"}}, tmp / "u.ckpt")
+    load_model(tmp / "u.ckpt")
+
+
+def _missing_lpips(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqzoo.losses import LPIPS
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp))
+    monkeypatch.delenv("VQZOO_ALLOW_DOWNLOAD", raising=False)
+    LPIPS(pretrained=True)
+
+
+CASES = [
+    # (id, callable(tmp, monkeypatch), error class, message pattern)
+    ("wrong channel count", lambda t, m: _vqgan()(torch.zeros(1, 1, 16, 16)), ValueError, r"\(B, 3, H, W\).*\(1, 1, 16, 16\)"),
+    ("wrong size (global tokens)", lambda t, m: _qgvae()(torch.zeros(1, 1, 32, 32)), ValueError, r"\(B, 1, 16, 16\).*\(1, 1, 32, 32\)"),
+    ("not divisible by downsampling", lambda t, m: _vqgan()(torch.zeros(1, 3, 15, 15)), ValueError, "divisible by 2"),
+    ("integer images", lambda t, m: _vqgan()(torch.zeros(1, 3, 16, 16, dtype=torch.uint8)), ValueError, "float images in \\[-1, 1\\]"),
+    ("NaN images", lambda t, m: _vqgan()(torch.full((1, 3, 16, 16), float("nan"))), ValueError, "NaN or Inf"),
+    ("images in [0, 255]", lambda t, m: _vqgan()(torch.full((1, 3, 16, 16), 200.0)), ValueError, r"expects images in \[-1, 1\]"),
+    ("empty batch", lambda t, m: _vqgan()(torch.zeros(0, 3, 16, 16)), ValueError, "empty batch"),
+    ("out-of-range indices", lambda t, m: _vqgan().detokenize(torch.full((1, 8, 8), 16)), ValueError, r"\[0, 16\)"),
+    ("negative indices", lambda t, m: _vqgan().detokenize(torch.full((1, 8, 8), -1)), ValueError, r"\[0, 16\)"),
+    ("wrong token length", lambda t, m: _minigpt()(torch.zeros(2, 5, dtype=torch.long)), ValueError, "16|4, 4"),
+    ("token id >= vocabulary", lambda t, m: _minigpt()(torch.full((2, 4, 4), 16)), ValueError, "16"),
+    ("condition of the wrong kind", lambda t, m: _maskgit().generate(2, condition="a caption"), ValueError, "class"),
+    ("prior with a tokenizer of another vocabulary", lambda t, m: _minigpt().set_tokenizer(_FakeTokenizer()), ValueError, "32.*16|16.*32"),
+    ("missing data folder", lambda t, m: _missing_folder(t), FileNotFoundError, "no_such_folder"),
+    ("corrupt checkpoint", lambda t, m: _corrupt(t), CheckpointError, "corrupt or truncated"),
+    ("truncated checkpoint", lambda t, m: _truncated(t), CheckpointError, "corrupt or truncated"),
+    ("checkpoint of another model", lambda t, m: _other_model(t), CheckpointError, "expected a vqzoo.tokenizers.vqgan.VQGAN"),
+    ("checkpoint naming an untrusted class", lambda t, m: _untrusted_class(t), CheckpointError, "refusing to import 'os.system'"),
+    ("missing checkpoint file", lambda t, m: load_model(t / "nope.ckpt"), FileNotFoundError, "nope.ckpt"),
+    ("missing LPIPS weights offline", lambda t, m: _missing_lpips(t, m), FileNotFoundError, "vgg16-397923af.pth"),
+    ("K < 1", lambda t, m: VectorQuantizer(0, 8), ValueError, "num_codes must be an integer >= 1, got 0"),
+    ("feature dimension mismatch", lambda t, m: VectorQuantizer(8, 4)(torch.zeros(1, 5, 2, 2)), ValueError, r"\(B, 4, H, W\).*\(1, 5, 2, 2\)"),
+    ("NaN features", lambda t, m: VectorQuantizer(8, 4)(torch.full((1, 4, 2, 2), float("nan"))), ValueError, "NaN or Inf"),
+]
+# Also covered elsewhere: an unknown config key and a wrong type in the config
+# (test_cli.py, SystemExit with the key named), the missing-LPIPS stop at `fit`
+# start-up (test_vqgan.py), a code-running pickled checkpoint (test_cli.py), no
+# partial files after a failed export or encode (test_cli.py, test_minigpt.py).
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    _, call, error, pattern = case
+    with pytest.raises(error, match=pattern) as info:
+        call(tmp_path, monkeypatch)
+    assert type(info.value) is error or issubclass(type(info.value), error)
+    if isinstance(info.value, CheckpointError):
+        assert not list(tmp_path.glob("*.tmp*"))  # nothing half-written
