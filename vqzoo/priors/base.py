@@ -210,6 +210,9 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         tokenizer: path to a tokenizer checkpoint (``.ckpt``) or export
             directory. When set, batches hold *images*, tokenized on the fly by
             the frozen tokenizer, and :meth:`sample_images` can decode samples.
+        scale_lr: ``"linear"`` multiplies ``lr`` by the number of processes at
+            fit time (the config's batch size is per process), as the
+            tokenizers' ``scale_lr`` does; ``"none"`` uses it as given.
 
     Subclasses set ``self.vocab_size`` and ``self.token_shape`` and implement
     :meth:`compute_loss` and :meth:`generate`.
@@ -228,8 +231,12 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         min_lr_ratio: float = 0.0,
         total_steps: int | None = None,
         tokenizer: str | None = None,
+        scale_lr: Literal["none", "linear"] = "none",
     ) -> None:
         super().__init__()
+        if scale_lr not in ("none", "linear"):
+            raise ValueError(f"scale_lr must be 'none' or 'linear', got {scale_lr!r}")
+        self.scale_lr = scale_lr
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if weight_decay < 0:
@@ -438,7 +445,11 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=self.betas)
+        # Same rule as the tokenizers: "linear" multiplies lr by the number of processes
+        # (the batch size in the config is per process).
+        world = self.trainer.world_size if self._trainer is not None else 1
+        lr = self.lr * (world if self.scale_lr == "linear" else 1)
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=lr, betas=self.betas)
         if self.warmup_steps == 0 and self.lr_schedule == "constant":
             return optimizer
         total = self.total_steps
