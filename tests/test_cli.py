@@ -118,3 +118,22 @@ def test_config_callbacks_replace_defaults(run_dir: Path) -> None:
         "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath=mine", "--trainer.limit_train_batches", "1",
     ])
     assert list((run_dir / "mine").glob("*.ckpt"))
+
+
+def test_encode_fit_prior_and_sample(run_dir: Path) -> None:
+    root = Path(CONFIG).parents[1]
+    main(["fit", "--config", CONFIG, "--trainer.default_root_dir", "tok"])
+    ckpt = next(run_dir.glob("tok/tensorboard/version_0/checkpoints/last.ckpt"))
+    assert main(["encode", "--tokenizer", str(ckpt), "--data", CONFIG, "--out", "tokens", "--split", "train"]) == 0
+    meta = json.loads((run_dir / "tokens" / "meta.json").read_text())
+    assert meta["vocab_size"] == 16 and list(meta["token_shape"]) == [4, 4]
+    main([
+        "fit", "--config", str(root / "priors" / "minigpt_tiny.yaml"), "--data.init_args.root", "tokens",
+        "--trainer.max_steps", "3", "--trainer.default_root_dir", "prior", "--trainer.limit_val_batches", "1",
+    ])
+    prior_ckpt = next(run_dir.glob("prior/**/last.ckpt"))
+    code = main(["sample", "--prior", str(prior_ckpt), "--n", "4", "--condition", "3", "--tokenizer", str(ckpt),
+                 "--out", "samples"])
+    assert code == 0
+    files = {p.name for p in (run_dir / "samples").iterdir()}
+    assert any(f.endswith(".png") for f in files) and any("token" in f for f in files), files
