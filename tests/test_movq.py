@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -252,8 +251,6 @@ def test_cpu_config_builds_through_the_cli(tmp_path):
     assert cli.datamodule.source == "fashion_mnist_idx" and cli.datamodule.resolution == 32
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vqzoo.priors.maskgit") is None,
-                    reason="vqzoo.priors.maskgit is not in this tree")
 def test_tiny_maskgit_config_matches_the_cpu_movq(tmp_path):
     movq = build_from_config(ROOT / "configs/tokenizers/movq_fashion_mnist_cpu.yaml", tmp_path).model
     cli = build_from_config(ROOT / "configs/priors/maskgit_movq_tiny.yaml", tmp_path)
@@ -288,8 +285,6 @@ def test_paper_configs_build_with_the_reference_settings(name, tmp_path):
 # --------------------------------------------------------------------------- MoVQ + MaskGIT
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vqzoo.priors.maskgit") is None,
-                    reason="vqzoo.priors.maskgit is not in this tree")
 def test_tiny_movq_and_tiny_maskgit_end_to_end():
     """MaskGIT trains on MoVQ's (B, h, w, M) tokens through a frozen MoVQ, samples, and MoVQ decodes them."""
     import lightning as L
