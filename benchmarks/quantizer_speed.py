@@ -10,7 +10,9 @@ second term stands in for a decoder's gradient). Feature sets:
   (peer ``learnable_codebook=True, ema_update=False, orthogonal_reg_weight=10``).
 
 The floor is one distance matrix product of the same size (``addmm`` of
-(N, D) × (D, K)). Medians over ``--repeats`` runs after warm-up.
+(N, D) × (D, K)). Medians over ``--repeats`` runs after warm-up; the three
+are timed in rotation within each repeat, so load drift on a shared machine
+affects them alike.
 
 Run: ``python benchmarks/quantizer_speed.py`` (needs ``pip install -e .[bench]``).
 """
@@ -31,15 +33,18 @@ from vqzoo.quantize import DeadCodeReset, OrthogonalRegularizer, VectorQuantizer
 SIZES = [(4096, 256, 1024), (16384, 64, 8192)]
 
 
-def timeit(fn, repeats: int, warmup: int = 2) -> float:  # noqa: ANN001
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:  # noqa: ANN001
+    """Median seconds of each function, timed in rotation so load drift hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def ours(feature: str, K: int, D: int) -> VectorQuantizer:
@@ -97,21 +102,26 @@ def main() -> None:
         x = torch.randn(N, D)
         c = torch.randn(K, D)
         sq = c.pow(2).sum(-1)
-        floor = timeit(lambda: torch.addmm(sq, x, c.t(), beta=1.0, alpha=-2.0), args.repeats)
+
+        def floor_fn() -> torch.Tensor:
+            return torch.addmm(sq, x, c.t(), beta=1.0, alpha=-2.0)
+
         for feature in ("ema_dead_code", "grad_ortho"):
             z = torch.randn(1, N, D, requires_grad=True)
             torch.manual_seed(0)
             vq = ours(feature, K, D).train()
-            t_ours = timeit(lambda: step_ours(vq, z), args.repeats)
-            row = {
-                "N": N, "D": D, "K": K, "feature": feature,
-                "vqzoo_ms": 1e3 * t_ours, "floor_ms": 1e3 * floor, "vqzoo_over_floor": t_ours / floor,
-            }
+            fns = {"floor": floor_fn, "vqzoo": lambda: step_ours(vq, z)}
             if have_peer:
                 torch.manual_seed(0)
                 pv = peer(feature, K, D).train()
-                t_peer = timeit(lambda: step_peer(pv, z), args.repeats)
-                row.update({"peer_ms": 1e3 * t_peer, "speedup_vs_peer": t_peer / t_ours})
+                fns["peer"] = lambda: step_peer(pv, z)
+            t = interleaved(fns, args.repeats)
+            row = {
+                "N": N, "D": D, "K": K, "feature": feature, "vqzoo_ms": 1e3 * t["vqzoo"],
+                "floor_ms": 1e3 * t["floor"], "vqzoo_over_floor": t["vqzoo"] / t["floor"],
+            }
+            if have_peer:
+                row.update({"peer_ms": 1e3 * t["peer"], "speedup_vs_peer": t["peer"] / t["vqzoo"]})
             rows.append(row)
             print(
                 f"N={N:6d} D={D:4d} K={K:5d} {feature:14s} vqzoo {row['vqzoo_ms']:8.1f} ms  "

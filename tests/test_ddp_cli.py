@@ -42,3 +42,36 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path: Path) -> None:
     ckpts = sorted(p.name for p in (tmp_path / "runs").rglob("*.ckpt"))
     configs = list((tmp_path / "runs").rglob("config.yaml"))
     assert "last.ckpt" in ckpts and len(ckpts) == 2 and len(configs) == 1, (ckpts, configs)
+
+
+def test_ddp_two_cpu_processes_prior(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(tokens / "tokens.npy", rng.integers(0, 16, size=(256, 4, 4)).astype(np.int16))
+    np.save(tokens / "labels.npy", rng.integers(0, 10, size=256).astype(np.int64))
+    (tokens / "meta.json").write_text(json.dumps({
+        "format_version": 1, "vocab_size": 16, "token_shape": [4, 4], "num_samples": 256, "dtype": "int16",
+        "tokenizer": None, "has_labels": True, "has_text": False, "has_captions": False,
+    }))
+    env = dict(os.environ, VQZOO_TEST_DUMP=str(tmp_path), PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}",
+               OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "vqzoo.cli", "fit", "--config", str(ROOT / "configs" / "priors" / "minigpt_tiny.yaml"),
+        "--data.init_args.root", str(tokens), "--trainer.max_steps", "4", "--trainer.limit_val_batches", "1",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+        "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks+=ddp_callbacks.DumpWeights",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["world"] == 2
+    for key, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][key]), key
+    assert len(list((tmp_path / "runs").rglob("last.ckpt"))) == 1
+    assert len(list((tmp_path / "runs").rglob("config.yaml"))) == 1
