@@ -49,6 +49,19 @@ from vqzoo.priors import MaskGIT, MiniGPT
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling_speed.json"
 
 
+def _offline_t5_dim(muse: Any) -> None:
+    """Let muse build offline: it fetches a T5 config from the hub only to learn the text
+    embedding width (768 for t5-v1_1-base). We pass zero text embeddings, so a locally
+    built config of that width is all it needs."""
+    try:
+        from muse_maskgit_pytorch import t5 as muse_t5  # type: ignore[import-not-found]
+        from transformers import T5Config
+    except ImportError:
+        return
+    name = getattr(muse_t5, "DEFAULT_T5_NAME", "google/t5-v1_1-base")
+    muse_t5.T5_CONFIGS.setdefault(name, {"config": T5Config(d_model=768)})
+
+
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
     """Median and all wall times (seconds) of ``fn``."""
 
@@ -252,6 +265,7 @@ def bench_maskgit(args: argparse.Namespace, device: torch.device) -> dict[str, A
         import muse_maskgit_pytorch as muse  # type: ignore[import-not-found]
 
         peer_cls = getattr(muse, "MaskGitTransformer", None) or muse.Transformer
+        _offline_t5_dim(muse)
     except Exception as err:  # noqa: BLE001
         res["peer"] = {"status": f"peer not installed (muse-maskgit-pytorch): {type(err).__name__}: {err}"}
         print(f"  muse MaskGit       : peer not installed (pip install -e .[bench]) [{type(err).__name__}]")
@@ -301,8 +315,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
     p.add_argument("--skip-peers", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (1 avoids thread-barrier stalls on a shared machine)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.batch_size, args.n_layer, args.n_head, args.n_embd = 2, 2, 2, 64
         args.repeats, args.warmup = 2, 0

@@ -391,3 +391,15 @@ def test_sample_to_grid_layout_and_values():
     assert grid[:, 0].eq(255).all()  # white padding
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         sample_to_grid(torch.zeros(3, 4, 4))
+
+
+def test_draw_categorical_matches_probabilities_and_skips_zero_mass() -> None:
+    from vqzoo.priors.base import draw_categorical
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 2.0]])  # rows need not sum to 1
+    g = torch.Generator().manual_seed(0)
+    draws = draw_categorical(probs.repeat(20000, 1), g).view(20000, 2)
+    freq = torch.bincount(draws[:, 0], minlength=4).double() / 20000
+    assert torch.allclose(freq, torch.tensor([0.1, 0.0, 0.6, 0.3], dtype=torch.float64), atol=0.015)
+    assert int((draws[:, 0] == 1).sum()) == 0
+    assert bool((draws[:, 1] == 3).all())

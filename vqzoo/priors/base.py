@@ -97,6 +97,22 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
     return logits
 
 
+def draw_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One draw per row of ``probs`` (``(R, V)``, rows need not be normalised) -> ``(R,)``.
+
+    Inverse-CDF sampling: one uniform number per row and a binary search in the
+    row's cumulative sum. ``torch.multinomial`` draws an exponential variate for
+    every one of the V entries instead, which made it 15% of MaskGIT decoding on
+    CPU at V = 1024. Entries of probability zero are never drawn.
+    """
+    cdf = probs.float().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    # (1 - 2^-24) keeps u·total strictly below the last cumulative value in float32
+    idx = torch.searchsorted(cdf, u * total * (1.0 - 2.0**-24), right=True)
+    return idx.clamp_max(probs.shape[-1] - 1).squeeze(-1)
+
+
 def sample_logits(
     logits: Tensor,
     temperature: float = 1.0,
@@ -107,7 +123,7 @@ def sample_logits(
     """Draw one token per row of ``logits`` (``(..., V)`` -> ``(...)``).
 
     ``temperature == 0`` means greedy (argmax, no random draw). Otherwise one
-    ``torch.multinomial`` call draws all rows from ``generator``, so two code
+    :func:`draw_categorical` call draws all rows from ``generator``, so two code
     paths that produce the same logits in the same order consume the same
     random numbers.
     """
@@ -117,7 +133,7 @@ def sample_logits(
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)
     flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    return draw_categorical(flat, generator).view(probs.shape[:-1])
 
 
 def classifier_free_guidance(logits: Tensor, n: int, scale: float | None) -> Tensor:

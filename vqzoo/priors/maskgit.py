@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqzoo.nn.transformer import Transformer, init_gpt_weights, resolve_transformer_size
-from vqzoo.priors.base import Prior, PriorBatch, classifier_free_guidance
+from vqzoo.priors.base import Prior, PriorBatch, classifier_free_guidance, draw_categorical
 from vqzoo.priors.schedules import MASK_SCHEDULES, mask_ratio
 
 __all__ = ["MaskGIT"]
@@ -359,9 +359,7 @@ class MaskGIT(Prior):
                     logp_all = F.log_softmax(logits, dim=-1)
                 else:
                     logp_all = F.log_softmax(logits / temperature, dim=-1)
-                    sampled = torch.multinomial(
-                        logp_all.exp().reshape(-1, V), 1, generator=generator
-                    ).view(n, N)
+                    sampled = draw_categorical(logp_all.exp().reshape(-1, V), generator).view(n, N)
                 sampled = torch.where(unknown, sampled, cur)
                 if t == steps - 1:
                     cur = sampled

@@ -63,7 +63,7 @@ Sampling
 a preallocated :class:`~vqzoo.nn.transformer.KVCache` (``use_cache=True``), or
 recomputes the whole sequence for every token (``use_cache=False``). Both
 paths draw their random numbers with the same calls in the same order (one
-``torch.multinomial`` of shape ``(n, 1)`` per token), so with the same
+uniform draw of shape ``(n, 1)`` per token, see ``draw_categorical``), so with the same
 ``generator`` state they return the same tokens. ``temperature=0`` is greedy.
 Classifier-free guidance (class conditioning only) runs the conditional and
 the null-class sequences as one doubled batch and samples from
