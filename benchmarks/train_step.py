@@ -412,7 +412,9 @@ def check_equal_architecture(a: Any, b: Any) -> dict[str, int]:
         sa, sb = Counter(_shape(p) for p in pa), Counter(_shape(p) for p in pb)
         print(f"{part} parameters: vqzoo {na:,}  taming {nb:,}")
         if na != nb or sa != sb:
-            raise ValueError(f"{part} architectures differ: vqzoo {na} vs taming {nb} parameters; shapes {(sa - sb) + (sb - sa)}")
+            raise ValueError(
+                f"{part} architectures differ: vqzoo {na} vs taming {nb} parameters; shapes {(sa - sb) + (sb - sa)}"
+            )
         out[f"{part}_parameters"] = na
     return out
 
@@ -782,7 +784,8 @@ def run_scenario(args: argparse.Namespace, scenario: str, cfg: Config, device: t
             "each contender in a fresh subprocess, built, then memory_steps steps. CPU: peak resident set over the "
             "steps (VmHWM after a clear_refs reset) minus the resident set after building model, optimizer and batch; "
             "live_tensor_peak_bytes: peak of CPU tensor bytes allocated during one more step (gradients released "
-            "first) and alive at once, from torch.profiler memory events. CUDA: torch.cuda.max_memory_allocated (peak_bytes, absolute) and its increase over "
+            "first) and alive at once, from torch.profiler memory events. CUDA: torch.cuda.max_memory_allocated "
+            "(peak_bytes, absolute) and its increase over "
             "memory_allocated after building (delta_bytes)."
         ),
         "profile": profile,

@@ -230,7 +230,9 @@ class VectorQuantizer(nn.Module):
             G = self.num_groups
             return x.reshape(G, B, T // G, D).transpose(0, 1).reshape(B, T, D)
         B, C, H, W = shape
-        return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        # contiguous NCHW: a channels-last view would make every decoder conv after it
+        # run channels-last, which is slower on CPU (convolution and GroupNorm backward)
+        return x.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
 
     def _index_shape(self, shape: torch.Size) -> tuple[int, ...]:
         if self.layout == "per_token":

@@ -322,6 +322,11 @@ class Tokenizer(L.LightningModule, abc.ABC):
         opt_g = optimizers[0]
         step = self.generator_step
 
+        gan = len(optimizers) > 1
+        if gan:
+            # Freeze the discriminator for the generator's forward and backward: its weight
+            # gradients from the generator loss would be computed and thrown away.
+            self.toggle_optimizer(opt_g)
         x_rec, q = self(x)
         nll, logs = self.reconstruction_terms(x, x_rec)
         loss = nll + self.codebook_weight * q.loss
@@ -333,12 +338,16 @@ class Tokenizer(L.LightningModule, abc.ABC):
         logs.update({f"vq_{k}": v.detach() for k, v in q.losses.items()})
 
         if not self._all_finite(loss):
+            if gan:
+                self.untoggle_optimizer(opt_g)
             self._handle_nonfinite(opt_g)
             return loss.detach()
         self._nonfinite_in_a_row.zero_()
 
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        if gan:
+            self.untoggle_optimizer(opt_g)
         self.quantizer.after_backward()
         self._clip(opt_g)
         opt_g.step()
