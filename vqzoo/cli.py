@@ -187,6 +187,7 @@ EXTRA_COMMANDS = {"export": _export, "encode": _encode, "sample": _sample}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in EXTRA_COMMANDS:
         try:
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as err:
             print(f"vqzoo {argv[0]}: error: {err}", file=sys.stderr)
             return 2
-    VQZooCLI(args=argv)
+    # From the shell LightningCLI reads sys.argv itself; passing it again as args warns.
+    VQZooCLI(args=None if from_command_line else argv)
     return 0
 
 
