@@ -28,7 +28,8 @@ Scales:
   most 60 minutes on 2 CPU cores: about 20 min stage 1 (SC + Ours), 25 min
   stage 2 (2 main + 2 table-2 priors), 10 min classifier and evaluation.
   ``--budget-scale f`` multiplies every training length (train sizes, hence
-  steps; the discriminator start and warm-up with them; classifier epochs).
+  steps; the discriminator start and warm-up with them; classifier epochs, never
+  above the config's); ``--stage2-scale g`` multiplies the stage-2 pairs only.
 * ``--scale paper``: the paper-scale configs (configs/tokenizers/te_vqgan_*.yaml,
   configs/experiments/te_stage2_*.yaml), meant for a GPU. Training runs in this
   process on ONE device: a config written for ``devices: 2`` has its per-device
@@ -53,8 +54,12 @@ Decisions where the brief and the paper are silent:
   ``errors``, units that depend on it are marked skipped, the others go on,
   and the results files are rewritten after every unit (so an interrupted run
   leaves what it finished). The exit status is 1 when anything failed.
-* ``--reuse`` loads checkpoints and token directories that an earlier run left
-  in the work directory instead of retraining.
+* ``--reuse`` loads the checkpoints an earlier run left in the work directory
+  when they were trained with the same config, overrides and seed (the
+  ``signature.json`` beside each checkpoint), instead of retraining. Token
+  directories and priors are reused only on top of a reused tokenizer, and
+  tokens only when their count matches, so ``--reuse --stage2-scale 4``
+  retrains stage 2 (four times the pairs) on the same tokenizers.
 
 Usage::
 
@@ -447,12 +452,15 @@ def stage1_table3(
 
 
 @torch.no_grad()
-def collect_test_items(datamodule: Any, batch_size: int) -> dict[str, Any]:
-    """Images, caption ids, caption strings and layouts of a captioned test split, in order."""
-    from torch.utils.data import DataLoader
+def collect_test_items(datamodule: Any, batch_size: int, split: str = "test", limit: int | None = None) -> dict[str, Any]:
+    """Images, caption ids, caption strings and layouts of a captioned split (test: held-out pairs), in order."""
+    from torch.utils.data import DataLoader, Subset
 
-    datamodule.setup("test")
-    loader = DataLoader(datamodule.datasets["test"], batch_size=batch_size, shuffle=False)
+    datamodule.setup("test" if split == "test" else "fit")
+    dataset = datamodule.datasets[split]
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     images, text, captions, layouts = [], [], [], []
     for batch in loader:
         images.append(batch["image"])
@@ -539,6 +547,7 @@ class Options:
     all_baselines: bool = False
     runs: int = 1
     budget_scale: float = 1.0
+    stage2_scale: float = 1.0
     table2: bool = True
     fashion: bool = False
     classifier: str | None = None
@@ -556,8 +565,10 @@ class Reproduction:
     def __init__(self, opts: Options, spec: ScaleSpec | None = None) -> None:
         if opts.scale not in SCALES and spec is None:
             raise ValueError(f"scale must be one of {sorted(SCALES)}, got {opts.scale!r}")
-        if not opts.budget_scale > 0:
-            raise ValueError(f"--budget-scale must be > 0, got {opts.budget_scale}")
+        if not (opts.budget_scale > 0 and opts.stage2_scale > 0):
+            raise ValueError(
+                f"--budget-scale and --stage2-scale must be > 0, got {opts.budget_scale}, {opts.stage2_scale}"
+            )
         if opts.runs < 1:
             raise ValueError(f"--runs must be >= 1, got {opts.runs}")
         self.opts = opts
@@ -600,6 +611,7 @@ class Reproduction:
         self._perceptual_loaded = False
         self._perceptual_reason: str | None = None
         self._test_items: dict[str, Any] | None = None
+        self._seen_items: dict[str, Any] | None = None
 
     # -------------------------------------------------------------- bookkeeping
     def unit(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -636,6 +648,18 @@ class Reproduction:
         tmp_md.write_text(md)
         os.replace(tmp_md, self.out.with_suffix(".md"))
 
+    # -------------------------------------------------------------- reuse
+    def reusable(self, out_dir: Path, signature: dict[str, Any]) -> bool:
+        """``--reuse`` and a checkpoint trained with exactly this config, overrides and seed."""
+        sig = out_dir / "signature.json"
+        if not (self.opts.reuse and (out_dir / "model.ckpt").is_file() and sig.is_file()):
+            return False
+        return json.loads(sig.read_text()) == json.loads(json.dumps(signature, default=_json_default))
+
+    @staticmethod
+    def sign(out_dir: Path, signature: dict[str, Any]) -> None:
+        (out_dir / "signature.json").write_text(json.dumps(signature, indent=1, default=_json_default) + "\n")
+
     # -------------------------------------------------------------- units
     def perceptual_metric(self) -> Any:
         if not self._perceptual_loaded:
@@ -653,19 +677,20 @@ class Reproduction:
             self.results["classifier"] = {"checkpoint": self.opts.classifier, "trained_here": False}
             return clf
         out_dir = self.work / "classifier"
-        ckpt = out_dir / "model.ckpt"
-        if self.opts.reuse and ckpt.is_file():
-            clf = load_quadrant_classifier(ckpt)
-            self.results["classifier"] = {"checkpoint": str(ckpt), "trained_here": False, "reused": True}
+        cfg = read_yaml(self.spec.classifier_config)
+        epochs = scaled(_get(cfg, "trainer.max_epochs", 30), min(self.opts.budget_scale, 1.0))
+        seed = int(cfg.get("seed_everything") or 0)
+        overrides = [*self.spec.classifier_overrides, "--trainer.max_epochs", str(epochs)]
+        signature = {"config": self.spec.classifier_config, "overrides": overrides, "seed": seed}
+        self.results["seeds"]["classifier"] = seed
+        if self.reusable(out_dir, signature):
+            clf = load_quadrant_classifier(out_dir / "model.ckpt")
+            self.results["classifier"] = {**signature, "checkpoint": str(out_dir / "model.ckpt"), "reused": True}
         else:
-            cfg = read_yaml(self.spec.classifier_config)
-            epochs = scaled(_get(cfg, "trainer.max_epochs", 30), min(self.opts.budget_scale, 1.0))
-            seed = int(cfg.get("seed_everything") or 0)
-            overrides = [*self.spec.classifier_overrides, "--trainer.max_epochs", str(epochs)]
             clf, dm, info = fit_config(self.spec.classifier_config, overrides, seed, out_dir, "classifier",
                                        self.accelerator)
+            self.sign(out_dir, signature)
             self.results["classifier"] = {**info, "trained_here": True, "max_epochs": epochs}
-            self.results["seeds"]["classifier"] = seed
         dm_eval = build_datamodule(self.spec.classifier_config, **_classifier_data_overrides(self.spec))
         trainer = L.Trainer(accelerator=self.accelerator, devices=1, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False)
@@ -691,14 +716,14 @@ class Reproduction:
             disc_start = _get(cfg, "model.init_args.adversarial.init_args.disc_start")
             if disc_start is not None:
                 overrides += ["--model.init_args.adversarial.init_args.disc_start", str(scaled(disc_start, f, 0))]
-        ckpt = out_dir / "model.ckpt"
-        if self.opts.reuse and ckpt.is_file():
-            model = load_tokenizer(ckpt)
-            cli = build_from_config(config, overrides, seed, self.accelerator)
-            dm = cli.datamodule
-            info = {"config": config, "overrides": overrides, "seed": seed, "checkpoint": str(ckpt), "reused": True}
+        signature = {"config": config, "overrides": overrides, "seed": seed}
+        if self.reusable(out_dir, signature):
+            model = load_tokenizer(out_dir / "model.ckpt")
+            dm = build_from_config(config, overrides, seed, self.accelerator).datamodule
+            info = {**signature, "checkpoint": str(out_dir / "model.ckpt"), "reused": True}
         else:
             model, dm, info = fit_config(config, overrides, seed, out_dir, f"stage1 {name} run{run}", self.accelerator)
+            self.sign(out_dir, signature)
         info["notes"] = notes
         self.results["runs"][run]["fashion" if fashion else "stage1"][key] = info
         return model, dm
@@ -717,6 +742,14 @@ class Reproduction:
             self._test_items = collect_test_items(dm, self.spec.eval_batch)
         return self._test_items
 
+    def seen_items(self) -> dict[str, Any]:
+        """Validation pairs (seen (color, position) pairs), as many as the test split has."""
+        if self._seen_items is None:
+            dm = build_datamodule(self.spec.stage2_data)
+            n = self.test_items()["image"].shape[0]
+            self._seen_items = collect_test_items(dm, self.spec.eval_batch, split="val", limit=n)
+        return self._seen_items
+
     def encode_unit(self, key: str, run: int, tokenizer: Any, reduced: bool) -> dict[str, Path]:
         """Token directories (train [reduced] and test) of one tokenizer."""
         from torch.utils.data import DataLoader, Subset
@@ -724,7 +757,7 @@ class Reproduction:
         from vqzoo.data.tokens import encode_tokens
 
         cfg = read_yaml(self.spec.stage2_data)
-        train_size = scaled(_get(cfg, "data.init_args.train_size"), self.opts.budget_scale)
+        train_size = scaled(_get(cfg, "data.init_args.train_size"), self.opts.budget_scale * self.opts.stage2_scale)
         dm = build_datamodule(self.spec.stage2_data, train_size=train_size)
         dm.setup("fit")
         base = self.work / f"run{run}" / "tokens" / key
@@ -739,8 +772,12 @@ class Reproduction:
             "test": dm.datasets["test"],
             "reduced": Subset(dm.datasets["train"], range(n_reduced)),
         }
+        stage1 = self.results["runs"][run]["stage1"].get(key, {})
         for split, path in dirs.items():
-            if self.opts.reuse and (path / "meta.json").is_file():
+            meta = path / "meta.json"
+            # Tokens are reused only from the same tokenizer checkpoint and of the expected size.
+            if (self.opts.reuse and stage1.get("reused") and meta.is_file()
+                    and json.loads(meta.read_text()).get("num_samples") == len(sources[split])):
                 continue
             loader = DataLoader(sources[split], batch_size=batch, shuffle=False)
             encode_tokens(tokenizer, loader, path, tokenizer_path=f"{key} run{run}", device=self.device,
@@ -762,15 +799,20 @@ class Reproduction:
         overrides += ["--data.init_args.root", str(dirs["reduced" if reduced else "train"]),
                       "--data.init_args.val_root", str(dirs["test"])]
         warmup = _get(cfg, "model.init_args.warmup_steps", 0) or 0
-        factor = self.opts.budget_scale * (self.spec.reduced_fraction if reduced and self.spec.reduced_shares_config else 1.0)
+        factor = self.opts.budget_scale * self.opts.stage2_scale
+        if reduced and self.spec.reduced_shares_config:
+            factor *= self.spec.reduced_fraction
         if warmup and factor != 1.0:
             overrides += ["--model.init_args.warmup_steps", str(scaled(warmup, factor, 0))]
-        ckpt = out_dir / "model.ckpt"
-        if self.opts.reuse and ckpt.is_file():
-            prior = load_prior(ckpt)
-            info = {"config": config, "overrides": overrides, "seed": seed, "checkpoint": str(ckpt), "reused": True}
+        pairs = self.results["runs"][run]["table2" if reduced else "stage2"].get(key, {}).get("train_pairs")
+        stage1 = self.results["runs"][run]["stage1"].get(key, {})
+        signature = {"config": config, "overrides": overrides, "seed": seed, "train_pairs": pairs}
+        if stage1.get("reused") and self.reusable(out_dir, signature):
+            prior = load_prior(out_dir / "model.ckpt")
+            info = {**signature, "checkpoint": str(out_dir / "model.ckpt"), "reused": True}
         else:
             prior, _, info = fit_config(config, overrides, seed, out_dir, f"stage2 {name} run{run}", self.accelerator)
+            self.sign(out_dir, signature)
         info["notes"] = notes
         slot = self.results["runs"][run]["table2" if reduced else "stage2"].setdefault(key, {})
         slot["training"] = info
@@ -789,6 +831,10 @@ class Reproduction:
         slot["eval"] = res
         if not reduced and classifier is not None:
             slot["oracle"] = reconstruction_oracle(tokenizer, classifier, items, self.device, self.spec.eval_batch)
+        if not reduced:
+            # The same metrics on seen pairs: tells an undertrained prior from one that fails zero-shot.
+            slot["eval_seen"] = evaluate_prior(prior, tokenizer, classifier, self.seen_items(), 42 + run, self.device,
+                                               self.spec.eval_batch, directions)
         brief = {d: {q: res[d].get(f"{q}/digit") for q in QUADS} for d in directions}
         print(f"[eval {name} run{run}] {brief}", flush=True)
 
@@ -883,6 +929,9 @@ def build_tables(results: dict[str, Any]) -> dict[str, Any]:
             row[f"{d}/all/digit"] = collect(lambda r, d=d: r["stage2"][key]["eval"][d]["all/digit"])
         for q in QUADS:
             row[f"oracle/{q}/digit"] = collect(lambda r, q=q: r["stage2"][key]["oracle"][f"{q}/digit"])
+        for d in ("t2i", "i2t"):
+            for m in ("digit", "color"):
+                row[f"seen/{d}/all/{m}"] = collect(lambda r, d=d, m=m: r["stage2"][key]["eval_seen"][d][f"all/{m}"])
         t1[key] = row
     t2: dict[str, Any] = {}
     for key in keys:
@@ -940,7 +989,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += [
         f"Hardware: {hw.get('device')} ({hw.get('cuda') or hw.get('cpu')}, {hw.get('torch_threads')} torch threads, "
         f"{hw.get('cpu_count')} CPUs visible), torch {hw.get('torch')}. "
-        f"Budget scale {opts.get('budget_scale')}; runs {opts.get('runs')}; "
+        f"Budget scale {opts.get('budget_scale')} (stage 2 x{opts.get('stage2_scale', 1.0)}); runs {opts.get('runs')}; "
         f"seeds: stage 1 {seeds.get('stage1')}, stage 2 {seeds.get('stage2')}, "
         f"classifier {seeds.get('classifier')}, data generator {seeds.get('data')}.",
         "",
@@ -956,7 +1005,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   f"{held.get('val/color_acc', float('nan')):.4f} (paper: 0.995 digit).", ""]
     t1 = tables.get("table1", {})
     for d, title in (("t2i", "Text-to-image"), ("i2t", "Image-to-text")):
-        lines += [f"## Table 1: {title}, digit accuracy on held-out pairs", "",
+        lines += [f"## Table 1: {title}, digit accuracy on held-out pairs (chance 0.10)", "",
                   "| Model | Quad1 | Quad2 | Quad3 | Quad4 | all |", "|---|---|---|---|---|---|"]
         for key in TOKENIZER_ORDER:
             if key in t1:
@@ -967,16 +1016,28 @@ def render_markdown(results: dict[str, Any]) -> str:
                              + " | |")
         lines.append("")
     if t1:
-        lines += ["Text-to-image color accuracy (measured; the paper reports none) and the reconstruction "
-                  "oracle (classifier digit accuracy on the tokenizer's reconstructions of the real test "
-                  "images, an upper bound for text-to-image):", "",
-                  "| Model | color Quad1 | Quad2 | Quad3 | Quad4 | oracle digit Quad1 | Quad2 | Quad3 | Quad4 |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["Color accuracy (the paper reports none; chance 0.25) and the reconstruction oracle "
+                  "(classifier digit accuracy on the tokenizer's reconstructions of the real test images, "
+                  "an upper bound for text-to-image):", "",
+                  "| Model | T->I color Quad1 | Quad2 | Quad3 | Quad4 | I->T color Quad1 | Quad2 | Quad3 | Quad4 "
+                  "| oracle digit Quad1 | Quad2 | Quad3 | Quad4 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key in TOKENIZER_ORDER:
             if key in t1:
                 row = t1[key]
-                lines.append(f"| {LABELS[key]} | " + " | ".join(fmt(row[f't2i/{q}/color']) for q in QUADS) + " | "
-                             + " | ".join(fmt(row[f'oracle/{q}/digit']) for q in QUADS) + " |")
+                cells = [fmt(row[f"{d}/{q}/color"]) for d in ("t2i", "i2t") for q in QUADS]
+                cells += [fmt(row[f"oracle/{q}/digit"]) for q in QUADS]
+                lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += ["Seen pairs: the same priors judged on validation images and captions, whose (color, position) "
+                  "pairs occur in training (the paper reports none; a prior near chance here is undertrained, "
+                  "not failing zero-shot):", "",
+                  "| Model | T->I digit | T->I color | I->T digit | I->T color |", "|---|---|---|---|---|"]
+        for key in TOKENIZER_ORDER:
+            if key in t1 and "seen/t2i/all/digit" in t1[key]:
+                row = t1[key]
+                lines.append(f"| {LABELS[key]} | " + " | ".join(
+                    fmt(row[f"seen/{d}/all/{m}"]) for d in ("t2i", "i2t") for m in ("digit", "color")) + " |")
         lines.append("")
     t2 = tables.get("table2", {})
     if t2:
@@ -1083,6 +1144,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--runs", type=int, default=1, help="repetitions with seeds 23+r (stage 1) and 42+r (stage 2)")
     p.add_argument("--budget-scale", type=float, default=1.0,
                    help="multiply every training length (train sizes, disc start, warm-up, classifier epochs)")
+    p.add_argument("--stage2-scale", type=float, default=1.0,
+                   help="multiply the stage-2 train pairs (and warm-up) only, on top of --budget-scale")
     p.add_argument("--no-table2", dest="table2", action="store_false", help="skip the reduced-data priors")
     p.add_argument("--fashion", action="store_true", help="also the Fashion-MNIST rows of table 3 (stage 1 only)")
     p.add_argument("--classifier", default=None, help="a trained QuadrantClassifier checkpoint to judge with")

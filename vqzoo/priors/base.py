@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqzoo.nn.transformer import Transformer, resolve_transformer_size
+
 __all__ = [
     "Prior",
     "PriorBatch",
@@ -229,6 +231,12 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         scale_lr: ``"linear"`` multiplies ``lr`` by the number of processes at
             fit time (the config's batch size is per process), as the
             tokenizers' ``scale_lr`` does; ``"none"`` uses it as given.
+        preset: ``"gpt-mini"``/``"gpt-micro"``/``"gpt-nano"``, or give
+            ``n_layer``, ``n_head`` and ``n_embd`` (neither: gpt-mini; see
+            :func:`~vqzoo.nn.transformer.resolve_transformer_size`).
+        n_layer, n_head, n_embd: transformer depth, heads and width.
+        embd_pdrop, resid_pdrop, attn_pdrop: dropouts (minGPT and the MaskGIT
+            reference: 0.1 each).
 
     Subclasses set ``self.vocab_size`` and ``self.token_shape`` and implement
     :meth:`compute_loss` and :meth:`generate`.
@@ -248,8 +256,20 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         total_steps: int | None = None,
         tokenizer: str | None = None,
         scale_lr: Literal["none", "linear"] = "none",
+        preset: Literal["gpt-mini", "gpt-micro", "gpt-nano"] | None = None,
+        n_layer: int | None = None,
+        n_head: int | None = None,
+        n_embd: int | None = None,
+        embd_pdrop: float = 0.1,
+        resid_pdrop: float = 0.1,
+        attn_pdrop: float = 0.1,
     ) -> None:
         super().__init__()
+        self.n_layer, self.n_head, self.n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
+        for name, p in (("embd_pdrop", embd_pdrop), ("resid_pdrop", resid_pdrop), ("attn_pdrop", attn_pdrop)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        self._dropouts = (float(embd_pdrop), float(resid_pdrop), float(attn_pdrop))
         if scale_lr not in ("none", "linear"):
             raise ValueError(f"scale_lr must be 'none' or 'linear', got {scale_lr!r}")
         self.scale_lr = scale_lr
@@ -277,6 +297,20 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         self.tokenizer_path = tokenizer
         # Bypass nn.Module registration on purpose (see the module docstring).
         object.__setattr__(self, "_frozen_tokenizer", None)
+
+    def build_trunk(self, max_len: int, causal: bool) -> Transformer:
+        """The transformer trunk of the configured size and dropouts."""
+        embd, resid, attn = self._dropouts
+        return Transformer(
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            max_len=max_len,
+            causal=causal,
+            embd_pdrop=embd,
+            resid_pdrop=resid,
+            attn_pdrop=attn,
+        )
 
     # -- abstract interface ---------------------------------------------------
 

@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqzoo.nn.transformer import Transformer, init_gpt_weights, resolve_transformer_size
+from vqzoo.nn.transformer import init_gpt_weights
 from vqzoo.priors.base import Prior, PriorBatch, classifier_free_guidance, draw_categorical
 from vqzoo.priors.schedules import MASK_SCHEDULES, mask_ratio
 
@@ -98,13 +98,12 @@ class MaskGIT(Prior):
         num_steps: default decoding steps (reference 12).
         choice_temperature: default Gumbel temperature of the re-masking
             choice (reference class-conditional config: 4.5).
-        preset, n_layer, n_head, n_embd: transformer size (see
-            :func:`~vqzoo.nn.transformer.resolve_transformer_size`).
-        embd_pdrop, resid_pdrop, attn_pdrop: dropouts (reference 0.1).
-        lr, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio,
-        total_steps, tokenizer: see :class:`~vqzoo.priors.base.Prior`.
-            Defaults follow the reference config (lr 1e-4, betas (0.9, 0.96),
-            weight decay 0.045); its 5000 warmup steps are set in the configs.
+        preset, n_layer, n_head, n_embd, embd_pdrop, resid_pdrop, attn_pdrop
+        (transformer size and dropouts), lr, weight_decay, betas, warmup_steps,
+        lr_schedule, min_lr_ratio, total_steps, tokenizer, scale_lr: see
+        :class:`~vqzoo.priors.base.Prior`. The reference's optimizer (lr 1e-4,
+        betas (0.9, 0.96), weight decay 0.045, 5000 warm-up steps) is set in
+        the MaskGIT configs, not as defaults here.
     """
 
     def __init__(
@@ -118,13 +117,6 @@ class MaskGIT(Prior):
         label_smoothing: float = 0.1,
         num_steps: int = 12,
         choice_temperature: float = 4.5,
-        preset: Literal["gpt-mini", "gpt-micro", "gpt-nano"] | None = None,
-        n_layer: int | None = None,
-        n_head: int | None = None,
-        n_embd: int | None = None,
-        embd_pdrop: float = 0.1,
-        resid_pdrop: float = 0.1,
-        attn_pdrop: float = 0.1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -170,7 +162,7 @@ class MaskGIT(Prior):
         if mask_schedule in ("log", "exp") and self.num_tokens < 2:
             raise ValueError(f"the {mask_schedule!r} schedule needs at least 2 tokens")
 
-        n_layer, n_head, n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
+        n_embd = self.n_embd
         prefix = 1 if condition == "class" else 0
         self._prefix = prefix
         M, V = self.num_channels, self.vocab_size
@@ -180,16 +172,7 @@ class MaskGIT(Prior):
         )
         self.class_emb = nn.Embedding(self.num_classes + 1, n_embd) if condition == "class" else None
         self.pos_emb = nn.Embedding(prefix + self.num_positions, n_embd)
-        self.trunk = Transformer(
-            n_layer=n_layer,
-            n_head=n_head,
-            n_embd=n_embd,
-            max_len=prefix + self.num_positions,
-            causal=False,
-            embd_pdrop=embd_pdrop,
-            resid_pdrop=resid_pdrop,
-            attn_pdrop=attn_pdrop,
-        )
+        self.trunk = self.build_trunk(max_len=prefix + self.num_positions, causal=False)
         self.head = nn.Linear(n_embd, M * V)
         for module in (self.tok_emb, self.class_emb, self.pos_emb, self.head):
             if module is not None:

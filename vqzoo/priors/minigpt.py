@@ -81,11 +81,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqzoo.nn.transformer import (
-    Transformer,
-    init_gpt_weights,
-    resolve_transformer_size,
-)
+from vqzoo.nn.transformer import init_gpt_weights
 from vqzoo.priors.base import Prior, PriorBatch, classifier_free_guidance, sample_logits
 
 __all__ = ["MiniGPT", "MiniGPTOutput"]
@@ -127,12 +123,10 @@ class MiniGPT(Prior):
             (one model trained on both directions).
         condition_loss_weight: weight of the prefix modality's CE (see module doc).
         image_loss_weight: weight of the generated modality's CE (see module doc).
-        preset: ``"gpt-mini"``/``"gpt-micro"``/``"gpt-nano"``, or give
-            ``n_layer``, ``n_head``, ``n_embd`` (default gpt-mini).
-        n_layer, n_head, n_embd: transformer size.
-        embd_pdrop, resid_pdrop, attn_pdrop: dropouts (minGPT: 0.1 each).
-        lr, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio,
-        total_steps, tokenizer: see :class:`~vqzoo.priors.base.Prior`.
+        preset, n_layer, n_head, n_embd, embd_pdrop, resid_pdrop, attn_pdrop
+        (transformer size and dropouts), lr, weight_decay, betas, warmup_steps,
+        lr_schedule, min_lr_ratio, total_steps, tokenizer, scale_lr: see
+        :class:`~vqzoo.priors.base.Prior`.
     """
 
     def __init__(
@@ -149,13 +143,6 @@ class MiniGPT(Prior):
         order: Literal["text_first", "image_first", "both"] = "text_first",
         condition_loss_weight: float = 1.0,
         image_loss_weight: float = 7.0,
-        preset: Literal["gpt-mini", "gpt-micro", "gpt-nano"] | None = None,
-        n_layer: int | None = None,
-        n_head: int | None = None,
-        n_embd: int | None = None,
-        embd_pdrop: float = 0.1,
-        resid_pdrop: float = 0.1,
-        attn_pdrop: float = 0.1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -226,20 +213,10 @@ class MiniGPT(Prior):
         self.bos_text = self.bos_image + 1
         num_ids = self.bos_text + 1
 
-        n_layer, n_head, n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
-        self.n_embd = n_embd
+        n_embd = self.n_embd
         self.tok_emb = nn.Embedding(num_ids, n_embd)
         self.pos_emb = nn.Embedding(1 + self.text_length + self.num_image_tokens, n_embd)
-        self.trunk = Transformer(
-            n_layer=n_layer,
-            n_head=n_head,
-            n_embd=n_embd,
-            max_len=self.num_image_tokens + self.text_length,
-            causal=True,
-            embd_pdrop=embd_pdrop,
-            resid_pdrop=resid_pdrop,
-            attn_pdrop=attn_pdrop,
-        )
+        self.trunk = self.build_trunk(max_len=self.num_image_tokens + self.text_length, causal=True)
         self.image_head = nn.Linear(n_embd, self.vocab_size, bias=False)
         self.text_head = (
             nn.Linear(n_embd, self.text_vocab_size, bias=False) if condition == "text" else None
