@@ -18,13 +18,12 @@ multiset of shapes -- and refuses to time unequal models.
   ``Tokenizer.training_step``: forward, reconstruction + ``codebook_weight``
   x VQ loss (+ adversarial term), the non-finite-loss check, ``zero_grad``,
   backward, ``quantizer.after_backward()``, optimizer step, scheduler step,
-  ``quantizer.after_step()`` (+ the discriminator step). Lightning's logging
-  is left out on both sides.
-* ``vqzoo+fixes`` (unless ``--no-fixes``): the same model with the speed fixes
-  this benchmark proposes, applied at run time to that one model instance (the
-  library files are untouched; see :func:`apply_proposed_fixes`). It shows
-  what the fixes are worth under the same protocol, and its reconstruction is
-  checked against the unpatched model first (same weights, in float64).
+  ``quantizer.after_step()`` (+ the discriminator step; the discriminator is
+  frozen during the generator step, as ``toggle_optimizer`` does in the
+  library). Lightning's logging is left out on both sides. Three speed fixes
+  that this benchmark first measured as a patched contender are library code
+  now: a contiguous quantizer output, ``Upsample`` as one stride-2 transposed
+  convolution with the same weights, and the frozen discriminator.
 * ``taming`` (``taming-transformers-rom1504``):
   ``taming.modules.diffusionmodules.model.Encoder`` / ``Decoder``,
   ``taming.modules.vqvae.quantize.VectorQuantizer2(beta=0.25, legacy=False)``,
@@ -110,7 +109,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 RESULTS = Path(__file__).parent / "results"
@@ -213,8 +211,6 @@ class VqzooStep:
         self.device, self.dtype = device, dtype
         self.optimizers, self.schedulers = self.model.configure_optimizers()
         self.step_count = 0
-        #: proposed fix 3 (see apply_proposed_fixes): no discriminator weight grads in the generator step.
-        self.freeze_discriminator_in_generator_step = False
 
     def generator_parameters(self) -> list[nn.Parameter]:
         return self.model._generator_parameters()
@@ -229,8 +225,7 @@ class VqzooStep:
     def __call__(self, x: torch.Tensor) -> None:
         m, vq, adv = self.model, self.model.quantizer, self.model.adversarial
         opt_g = self.optimizers[0]
-        freeze = adv is not None and self.freeze_discriminator_in_generator_step
-        if freeze:
+        if adv is not None:  # Tokenizer.training_step toggles the generator optimizer: D gets no grads here
             adv.requires_grad_(False)
         with _autocast(self.device, self.dtype):
             x_rec, q = m(x)
@@ -248,8 +243,7 @@ class VqzooStep:
         self.schedulers[0].step()
         vq.after_step()
         if adv is not None and adv.is_active(self.step_count):
-            if freeze:
-                adv.requires_grad_(True)
+            adv.requires_grad_(True)
             opt_d = self.optimizers[1]
             with _autocast(self.device, self.dtype):
                 d_loss, _ = adv.discriminator_term(x, x_rec.detach(), self.step_count)
@@ -258,56 +252,6 @@ class VqzooStep:
             opt_d.step()
             self.schedulers[1].step()
         self.step_count += 1
-
-
-# Per axis, nearest x2 upsampling followed by a 3x3 convolution (zero padding 1)
-# gives output row 2i from input rows (i-1, i) with taps (w0, w1 + w2) and row
-# 2i+1 from (i, i+1) with taps (w0 + w1, w2). A transposed convolution with
-# stride 2, padding 1 and the 4-tap kernel [w2, w1 + w2, w0 + w1, w0] produces
-# exactly those rows, interleaved. _UPSAMPLE_TAPS maps the 3 taps to the 4.
-_UPSAMPLE_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
-
-
-def upsample_as_transposed_conv(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Proposed fix 2: ``conv3x3(nearest_x2(x))`` as one stride-2 transposed conv (4 taps per output, not 9)."""
-    w = module.conv.weight  # (out, in, 3, 3)
-    taps = torch.tensor(_UPSAMPLE_TAPS, dtype=w.dtype, device=w.device)
-    kernel = taps @ w @ taps.t()  # (out, in, 4, 4)
-    return F.conv_transpose2d(x, kernel.transpose(0, 1), module.conv.bias, stride=2, padding=1)
-
-
-def apply_proposed_fixes(step: VqzooStep) -> list[str]:
-    """Patch one model instance with the proposed speed fixes (library files are not touched).
-
-    1. ``VectorQuantizer`` returns ``quantized`` as a permuted view of the
-       grouped (B*H*W, D) codes, i.e. channels-last strides; every conv of the
-       decoder then inherits channels-last and, on CPU, conv and GroupNorm
-       backward run slower. Fix: ``.contiguous()`` on the output.
-    2. ``Upsample``: nearest x2 + 3x3 conv computed as one stride-2 transposed
-       conv with a 4x4 kernel derived from the same 3x3 weight (exact up to
-       float rounding; same parameters, so checkpoints are unchanged).
-    3. GAN: the generator backward also computes the discriminator's weight
-       gradients, which ``zero_grad`` discards before the discriminator step.
-       Fix: ``requires_grad_(False)`` on the discriminator for the generator
-       step (what Lightning's ``toggle_optimizer`` does).
-    """
-    from vqzoo.nn.sampling import Upsample
-
-    applied = []
-    n = 0
-    for module in step.model.modules():
-        if isinstance(module, Upsample) and module.conv is not None:
-            module.forward = types.MethodType(upsample_as_transposed_conv, module)
-            n += 1
-    applied.append(f"Upsample as transposed conv ({n} layers)")
-    vq = step.model.quantizer
-    ungroup = vq._ungroup
-    vq._ungroup = lambda x, shape: ungroup(x, shape).contiguous()
-    applied.append("contiguous quantizer output")
-    if step.model.adversarial is not None:
-        step.freeze_discriminator_in_generator_step = True
-        applied.append("discriminator frozen during the generator step")
-    return applied
 
 
 # ---------------------------------------------------------------------- taming
@@ -381,13 +325,11 @@ class TamingStep:
 
 # ---------------------------------------------------------------------- building and checks
 def build(name: str, cfg: Config, scenario: str, device: torch.device, dtype: str) -> VqzooStep | TamingStep:
-    """A contender, from seed 0 (so ``vqzoo`` and ``vqzoo+fixes`` start from identical weights)."""
+    """A contender, from seed 0."""
     torch.manual_seed(0)
     if name == "taming":
         return TamingStep(cfg, scenario, device, dtype)
-    step = VqzooStep(cfg, scenario, device, dtype)
-    step.fixes = apply_proposed_fixes(step) if name == "vqzoo+fixes" else []
-    return step
+    return VqzooStep(cfg, scenario, device, dtype)
 
 
 def make_batch(cfg: Config, device: torch.device) -> torch.Tensor:
@@ -417,24 +359,6 @@ def check_equal_architecture(a: Any, b: Any) -> dict[str, int]:
             )
         out[f"{part}_parameters"] = na
     return out
-
-
-@torch.no_grad()
-def fixes_max_abs_diff(cfg: Config, scenario: str) -> float:
-    """Largest |difference| between reconstructions of ``vqzoo`` and ``vqzoo+fixes`` in float64 on CPU.
-
-    Same seed, so same weights; float64 so that what remains is rounding, not
-    a change of the function (float32 differences of ~1e-5 would not tell the
-    two apart). Two images keep it cheap.
-    """
-    small = Config(**{**asdict(cfg), "batch": 2})
-    x = make_batch(small, torch.device("cpu")).double()
-    out = []
-    for name in ("vqzoo", "vqzoo+fixes"):
-        step = build(name, small, scenario, torch.device("cpu"), "fp32")
-        step.model.double().eval()
-        out.append(step.reconstruct(x))
-    return float((out[0] - out[1]).abs().max())
 
 
 # ---------------------------------------------------------------------- timing
@@ -655,8 +579,7 @@ def write_markdown(path: Path, runs: dict[str, dict]) -> None:
         "discriminator step in `gan`; backward; Adam step) of the TE-VQGAN architecture at reduced width, 64x64, "
         "identical parameter tensors on both sides. **No LPIPS** (weights unavailable offline); `recon_vq` has "
         "**no GAN**. Throughput = batch / median wall-clock step time after warm-up, contenders interleaved in one "
-        "process. `vqzoo+fixes` = vqzoo with the proposed speed fixes patched into that one instance at run time "
-        "(not in the library). Memory = growth of the peak over the built model, each contender in its own "
+        "process. Memory = growth of the peak over the built model, each contender in its own "
         "subprocess (CPU: resident set; CUDA: allocated). Script: `benchmarks/train_step.py`; raw times, CPU times "
         "and the protocol: `train_step.json`.",
         "",
@@ -677,9 +600,6 @@ def write_markdown(path: Path, runs: dict[str, dict]) -> None:
         ]
         for name in r["timing"]:
             lines.append(_markdown_row(name, r))
-        if r.get("fixes"):
-            lines += ["", f"Fixes applied to `vqzoo+fixes`: {'; '.join(r['fixes'])}. Largest reconstruction "
-                      f"difference to the unpatched model (same weights, float64): {r['fixes_max_abs_diff']:.2e}."]
         if r.get("taming_import_shims"):
             lines += ["", f"taming import shims: {'; '.join(r['taming_import_shims'])}."]
         lines.append("")
@@ -705,27 +625,21 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--memory-steps", type=int, default=3)
-    ap.add_argument("--no-fixes", action="store_true", help="do not time vqzoo with the proposed fixes")
     ap.add_argument("--profile", action="store_true", help="print a side-by-side torch.profiler op table")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses (and saving)")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results")
     ap.add_argument("--out", default=str(RESULTS / "train_step.json"))
-    ap.add_argument("--memory-child", choices=("vqzoo", "vqzoo+fixes", "taming"), help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", choices=("vqzoo", "taming"), help=argparse.SUPPRESS)
     return ap.parse_args()
 
 
 def run_scenario(args: argparse.Namespace, scenario: str, cfg: Config, device: torch.device) -> dict:
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n## scenario {scenario} on {device} ({args.dtype}), {args.threads} threads, ch {cfg.ch}, batch {cfg.batch}")
-    names = ["vqzoo"] + ([] if args.no_fixes else ["vqzoo+fixes"]) + ["taming"]
+    names = ["vqzoo", "taming"]
     steps = {n: build(n, cfg, scenario, device, args.dtype) for n in names}
     params = check_equal_architecture(steps["vqzoo"], steps["taming"])
     x = make_batch(cfg, device)
-    fixes, diff = [], None
-    if not args.no_fixes:
-        fixes = steps["vqzoo+fixes"].fixes
-        diff = fixes_max_abs_diff(cfg, scenario)
-        print(f"vqzoo+fixes: {'; '.join(fixes)}; max |x_rec difference| to vqzoo in float64: {diff:.2e}")
     times = interleaved_times(steps, x, args.warmup, args.repeats)
     timing = {
         n: {"wall": summarize(times[n]["wall"], cfg.batch), "cpu": summarize(times[n]["cpu"], cfg.batch),
@@ -777,8 +691,6 @@ def run_scenario(args: argparse.Namespace, scenario: str, cfg: Config, device: t
         "timing": timing,
         "speedup": speedup,
         "per_round_ratio": per_round,
-        "fixes": fixes,
-        "fixes_max_abs_diff": diff,
         "memory": memory,
         "memory_method": (
             "each contender in a fresh subprocess, built, then memory_steps steps. CPU: peak resident set over the "

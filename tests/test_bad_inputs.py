@@ -11,6 +11,7 @@ import torch
 
 from vqzoo import QGVAE, VQGAN, MaskGIT, MiniGPT, VectorQuantizer
 from vqzoo.checkpoint import CheckpointError, load_model
+from vqzoo.data.images import ImageDataModule
 
 
 def _vqgan() -> VQGAN:
@@ -43,6 +44,32 @@ def _minigpt() -> MiniGPT:
 
 def _maskgit() -> MaskGIT:
     return MaskGIT(vocab_size=16, token_shape=[4, 4], condition="class", num_classes=3, n_layer=1, n_head=1, n_embd=8)
+
+
+def _text_minigpt() -> MiniGPT:
+    return MiniGPT(vocab_size=16, token_shape=[4, 4], condition="text", text_vocab_size=10, text_length=6,
+                   n_layer=1, n_head=1, n_embd=8)
+
+
+QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+
+
+def _cli(tmp: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    """Run ``vqzoo fit --config quickstart.yaml ARGS`` (parse only) and re-raise its exit with what it printed."""
+    import contextlib
+    import io
+
+    from vqzoo.cli import main
+
+    monkeypatch.chdir(tmp)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main(["fit", "--config", QUICKSTART, *args, "--print_config"])
+        except SystemExit as exit_:
+            if exit_.code != 0:
+                raise SystemExit(err.getvalue()) from None
+    raise AssertionError("the config was accepted")
 
 
 def _missing_folder(tmp: Path) -> None:
@@ -92,10 +119,17 @@ CASES = [
     ("empty batch", lambda t, m: _vqgan()(torch.zeros(0, 3, 16, 16)), ValueError, "empty batch"),
     ("out-of-range indices", lambda t, m: _vqgan().detokenize(torch.full((1, 8, 8), 16)), ValueError, r"\[0, 16\)"),
     ("negative indices", lambda t, m: _vqgan().detokenize(torch.full((1, 8, 8), -1)), ValueError, r"\[0, 16\)"),
-    ("wrong token length", lambda t, m: _minigpt()(torch.zeros(2, 5, dtype=torch.long)), ValueError, "16|4, 4"),
-    ("token id >= vocabulary", lambda t, m: _minigpt()(torch.full((2, 4, 4), 16)), ValueError, "16"),
-    ("condition of the wrong kind", lambda t, m: _maskgit().generate(2, condition="a caption"), ValueError, "class"),
+    ("wrong token length", lambda t, m: _minigpt()(torch.zeros(2, 5, dtype=torch.long)), ValueError, r"expected image tokens of shape \(B, 4, 4\), got \(2, 5\)"),
+    ("token id >= vocabulary", lambda t, m: _minigpt()(torch.full((2, 4, 4), 16)), ValueError, r"must be in \[0, 16\) \(vocab_size=16\), got values in \[16, 16\]"),
+    ("condition of the wrong kind", lambda t, m: _maskgit().generate(2, condition="a caption"), ValueError, "class labels must be integers, got 'a caption'"),
     ("prior with a tokenizer of another vocabulary", lambda t, m: _minigpt().set_tokenizer(_FakeTokenizer()), ValueError, "32.*16|16.*32"),
+    ("float token ids", lambda t, m: _minigpt()(torch.zeros(2, 4, 4)), ValueError, "integer tensor, got dtype torch.float32"),
+    ("wrong caption length", lambda t, m: _text_minigpt()(torch.zeros(2, 4, 4, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)), ValueError, r"shape \(2, 6\) \(text_length=6\), got \(2, 5\)"),
+    ("caption id outside the text vocabulary", lambda t, m: _text_minigpt().generate(2, condition=torch.full((2, 6), 12)), ValueError, r"text ids must be in \[0, 10\)"),
+    ("zero samples requested", lambda t, m: _minigpt().generate(0), ValueError, "n must be >= 1, got 0"),
+    ("unknown config key", lambda t, m: _cli(t, m, "--model.init_args.no_such_option", "3"), SystemExit, "no_such_option"),
+    ("wrong type in the config", lambda t, m: _cli(t, m, "--model.init_args.ch", "wide"), SystemExit, r"Parser key \"ch\":\s+Expected a <class 'int'>. Got value: wide"),
+    ("unknown data source", lambda t, m: ImageDataModule(source="cifar11", resolution=16), ValueError, r"source must be one of \(.*'mnist5k'.*got 'cifar11'"),
     ("missing data folder", lambda t, m: _missing_folder(t), FileNotFoundError, "no_such_folder"),
     ("corrupt checkpoint", lambda t, m: _corrupt(t), CheckpointError, "corrupt or truncated"),
     ("truncated checkpoint", lambda t, m: _truncated(t), CheckpointError, "corrupt or truncated"),
@@ -107,8 +141,7 @@ CASES = [
     ("feature dimension mismatch", lambda t, m: VectorQuantizer(8, 4)(torch.zeros(1, 5, 2, 2)), ValueError, r"\(B, 4, H, W\).*\(1, 5, 2, 2\)"),
     ("NaN features", lambda t, m: VectorQuantizer(8, 4)(torch.full((1, 4, 2, 2), float("nan"))), ValueError, "NaN or Inf"),
 ]
-# Also covered elsewhere: an unknown config key and a wrong type in the config
-# (test_cli.py, SystemExit with the key named), the missing-LPIPS stop at `fit`
+# Also covered elsewhere: the missing-LPIPS stop at `fit`
 # start-up (test_vqgan.py), a code-running pickled checkpoint (test_cli.py), no
 # partial files after a failed export or encode (test_cli.py, test_minigpt.py).
 
@@ -118,6 +151,6 @@ def test_bad_input(case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     _, call, error, pattern = case
     with pytest.raises(error, match=pattern) as info:
         call(tmp_path, monkeypatch)
-    assert type(info.value) is error or issubclass(type(info.value), error)
+    assert type(info.value) is error  # the exact class, not a subclass
     if isinstance(info.value, CheckpointError):
         assert not list(tmp_path.glob("*.tmp*"))  # nothing half-written
