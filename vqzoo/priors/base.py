@@ -312,6 +312,33 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
             attn_pdrop=attn,
         )
 
+    def check_class_labels(self, labels: Any, n: int, broadcast: bool, num_classes: int) -> Tensor:
+        """Class ids as a long ``(n,)`` tensor in ``[0, num_classes)``, or a ValueError naming what was expected.
+
+        ``broadcast``: a plain ``int`` stands for ``n`` copies of itself (sampling).
+        """
+        name = type(self).__name__
+        if labels is None:
+            raise ValueError(f"{name}(condition='class') needs class labels, got None")
+        if isinstance(labels, (bool, float, str)):
+            raise ValueError(f"class labels must be integers, got {labels!r}")
+        if isinstance(labels, int) and broadcast:
+            labels = torch.full((n,), labels, dtype=torch.long)
+        labels = torch.as_tensor(labels, device=self.device)
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"class labels must be an integer tensor, got dtype {labels.dtype}")
+        if labels.dim() != 1 or labels.shape[0] != n:
+            hint = "; a 2-D tensor looks like text, but this model has condition='class'" if labels.dim() == 2 else ""
+            raise ValueError(
+                f"class labels must have shape ({n},) (one class id per sample), got {tuple(labels.shape)}{hint}"
+            )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(
+                f"class labels must be in [0, {num_classes}), got values in "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+        return labels.long()
+
     # -- abstract interface ---------------------------------------------------
 
     @abc.abstractmethod

@@ -188,25 +188,7 @@ class MaskGIT(Prior):
                     f"{type(labels).__name__} was given"
                 )
             return None
-        if labels is None:
-            raise ValueError("MaskGIT(condition='class') needs class labels, got None")
-        if isinstance(labels, (bool, float, str)):
-            raise ValueError(f"class labels must be integers, got {labels!r}")
-        if isinstance(labels, int) and broadcast:
-            labels = torch.full((n,), labels, dtype=torch.long)
-        labels = torch.as_tensor(labels, device=self.device)
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise ValueError(f"class labels must be an integer tensor, got dtype {labels.dtype}")
-        if labels.dim() != 1 or labels.shape[0] != n:
-            raise ValueError(
-                f"class labels must have shape ({n},) (one class id per sample), got {tuple(labels.shape)}"
-            )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
-                f"class labels must be in [0, {self.num_classes}), got values in "
-                f"[{int(labels.min())}, {int(labels.max())}]"
-            )
-        return labels.long()
+        return self.check_class_labels(labels, n, broadcast, self.num_classes)
 
     # -- model ---------------------------------------------------------------------------
 

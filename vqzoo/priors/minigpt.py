@@ -243,27 +243,7 @@ class MiniGPT(Prior):
         return by_order[self.order]
 
     def _check_labels(self, labels: Any, n: int, broadcast: bool) -> Tensor:
-        if labels is None:
-            raise ValueError("MiniGPT(condition='class') needs class labels, got None")
-        if isinstance(labels, bool) or isinstance(labels, float):
-            raise ValueError(f"class labels must be integers, got {labels!r}")
-        if isinstance(labels, int) and broadcast:
-            labels = torch.full((n,), labels, dtype=torch.long)
-        labels = torch.as_tensor(labels, device=self.device)
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise ValueError(f"class labels must be an integer tensor, got dtype {labels.dtype}")
-        if labels.dim() != 1 or labels.shape[0] != n:
-            raise ValueError(
-                f"class labels must have shape ({n},) (one class id per sample), got "
-                f"{tuple(labels.shape)}; a 2-D tensor looks like text, but this model has "
-                "condition='class'"
-            )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
-                f"class labels must be in [0, {self.num_classes}), got values in "
-                f"[{int(labels.min())}, {int(labels.max())}]"
-            )
-        return labels.long()
+        return self.check_class_labels(labels, n, broadcast, self.num_classes)
 
     def _check_text(self, text: Any, n: int, broadcast: bool) -> Tensor:
         if text is None:
