@@ -25,8 +25,12 @@ Scales:
 
 * ``--scale small`` (default): 32x32 canvases of the 5,000 offline MNIST
   digits, small models (configs/experiments/te_small_*.yaml), budgeted for at
-  most 60 minutes on 2 CPU cores: about 20 min stage 1 (SC + Ours), 25 min
-  stage 2 (2 main + 2 table-2 priors), 10 min classifier and evaluation.
+  most 60 minutes on 2 CPU cores. Measured with ``--threads 1`` while the other
+  core was busy: 51 min in all (classifier 4, stage 1 SC + Ours 23, encoding 2,
+  stage 2 with 2 main + 2 table-2 priors 20, evaluation 1). At that budget the
+  priors are undertrained (near chance on seen pairs too); ``--reuse
+  --stage2-scale 3 --no-table2`` retrains stage 2 on three times the pairs on
+  the same tokenizers (about 55 more minutes).
   ``--budget-scale f`` multiplies every training length (train sizes, hence
   steps; the discriminator start and warm-up with them; classifier epochs, never
   above the config's); ``--stage2-scale g`` multiplies the stage-2 pairs only.
