@@ -13,13 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tokenizers" / "vqgan_tiny.yaml"
 
 
-def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path: Path) -> None:
+def _fit_ddp(tmp_path: Path, config: Path, *args: str) -> tuple[dict, dict]:
+    """``vqzoo fit`` on 2 CPU processes (gloo); returns what each rank dumped at the end."""
     env = dict(os.environ, VQZOO_TEST_DUMP=str(tmp_path), PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}",
                OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "vqzoo.cli", "fit", "--config", str(CONFIG),
-        "--model.init_args.quantizer.init_args.update", "ema",
-        "--model.init_args.quantizer.init_args.regularizers", "[]",
+        sys.executable, "-m", "vqzoo.cli", "fit", "--config", str(config), *args,
         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
         "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=ddp_callbacks.DumpWeights",
@@ -27,6 +26,12 @@ def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    return r0, r1
+
+
+def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path: Path) -> None:
+    r0, r1 = _fit_ddp(tmp_path, CONFIG, "--model.init_args.quantizer.init_args.update", "ema",
+                      "--model.init_args.quantizer.init_args.regularizers", "[]")
     assert r0["world"] == 2
     for key, value in r0["state"].items():
         # BatchNorm running statistics of the discriminator are per-rank by design (DDP
@@ -58,18 +63,8 @@ def test_ddp_two_cpu_processes_prior(tmp_path: Path) -> None:
         "format_version": 1, "vocab_size": 16, "token_shape": [4, 4], "num_samples": 256, "dtype": "int16",
         "tokenizer": None, "has_labels": True, "has_text": False, "has_captions": False,
     }))
-    env = dict(os.environ, VQZOO_TEST_DUMP=str(tmp_path), PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT}",
-               OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable, "-m", "vqzoo.cli", "fit", "--config", str(ROOT / "configs" / "priors" / "minigpt_tiny.yaml"),
-        "--data.init_args.root", str(tokens), "--trainer.max_steps", "4", "--trainer.limit_val_batches", "1",
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-        "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks+=ddp_callbacks.DumpWeights",
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = _fit_ddp(tmp_path, ROOT / "configs" / "priors" / "minigpt_tiny.yaml", "--data.init_args.root",
+                      str(tokens), "--trainer.max_steps", "4", "--trainer.limit_val_batches", "1")
     assert r0["world"] == 2
     for key, value in r0["state"].items():
         assert torch.equal(value, r1["state"][key]), key

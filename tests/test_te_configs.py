@@ -202,7 +202,9 @@ def fake_results(rt, values):
             "stage1": {}, "fashion": {},
             "table3": {k: {"codes_used": 10.0 + 100 * (k == "sc"), "l1": v, "perceptual": None, "equivariance": v,
                            "codebook_size": 128} for k in ("sc", "ours")},
-            "stage2": {k: {"eval": ev, "oracle": ev["t2i"], "train_pairs": 300} for k in ("sc", "ours")},
+            "stage2": {k: {"eval": ev, "oracle": ev["t2i"], "train_pairs": 300,
+                           "eval_seen": {d: {"all/digit": v / 2, "all/color": 0.9} for d in ("t2i", "i2t")}}
+                       for k in ("sc", "ours")},
             "table2": {k: {"eval": {"t2i": {"Quad1/digit": v - 0.1}}, "train_pairs": 100} for k in ("sc", "ours")},
         })
     return {"scale": "small", "tokenizers": ["sc", "ours"], "runs": runs, "options": {"budget_scale": 1.0}}
@@ -224,6 +226,9 @@ def test_tables_average_runs_and_markdown_sits_beside_the_paper(rt):
     assert "| MNIST | Ours (TE-VQGAN), paper | 14 | 0.0084 | 0.0048 | n/a |" in md
     assert "0.073" in md  # the paper's table-2 difference for VQGAN
     assert "NOT FINISHED" in md  # no "finished" stamp in these results
+    # seen pairs: mean over runs of the validation-split accuracies, beside nothing from the paper
+    assert math.isclose(tables["table1"]["ours"]["seen/i2t/all/digit"]["mean"], 0.3)
+    assert "| Ours (TE-VQGAN) | 0.300 (0.071) | 0.900 (0.000) | 0.300 (0.071) | 0.900 (0.000) |" in md
 
 
 class LookupTokenizer(nn.Module):
@@ -302,6 +307,21 @@ def test_evaluate_prior_scores_a_perfect_generator(rt):
     assert res["i2t_examples"][0]["generated"] == items["caption"][0]
     oracle = rt.reconstruction_oracle(tok, ColorOnlyClassifier(), items, torch.device("cpu"), batch_size=5)
     assert oracle == res["t2i"]
+
+
+def test_seen_items_come_from_validation_and_never_hold_a_held_out_pair(rt):
+    from vqzoo.data.quadrants import layout_from_tensor
+
+    dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_stage2_data.yaml",
+                             canvas_size=16, train_size=4, val_size=9, test_size=6)
+    seen = rt.collect_test_items(dm, batch_size=4, split="val", limit=6)
+    test = rt.collect_test_items(dm, batch_size=4)
+    assert seen["image"].shape == test["image"].shape == (6, 3, 16, 16) and len(seen["caption"]) == 6
+    held = dm.heldout
+    seen_objs = [o for t in seen["layout"] for o in layout_from_tensor(t)]
+    test_objs = [o for t in test["layout"] for o in layout_from_tensor(t)]
+    assert seen_objs and not any(held.is_held_out(o.label, o.color, o.position) for o in seen_objs)
+    assert all(held.is_held_out(o.label, o.color, o.position) for o in test_objs)
 
 
 def test_stage1_table3_counts_codes_of_an_exact_tokenizer(rt):

@@ -238,12 +238,14 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         embd_pdrop, resid_pdrop, attn_pdrop: dropouts (minGPT and the MaskGIT
             reference: 0.1 each).
 
-    Subclasses set ``self.vocab_size`` and ``self.token_shape`` and implement
+    Subclasses set ``self.vocab_size``, ``self.token_shape`` and (class-conditional
+    ones) ``self.num_classes``, and implement
     :meth:`compute_loss` and :meth:`generate`.
     """
 
     vocab_size: int
     token_shape: tuple[int, ...]
+    num_classes: int
 
     def __init__(
         self,
@@ -312,12 +314,12 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
             attn_pdrop=attn,
         )
 
-    def check_class_labels(self, labels: Any, n: int, broadcast: bool, num_classes: int) -> Tensor:
-        """Class ids as a long ``(n,)`` tensor in ``[0, num_classes)``, or a ValueError naming what was expected.
+    def check_class_labels(self, labels: Any, n: int, broadcast: bool) -> Tensor:
+        """Class ids as a long ``(n,)`` tensor in ``[0, self.num_classes)``, or a ValueError naming what was expected.
 
         ``broadcast``: a plain ``int`` stands for ``n`` copies of itself (sampling).
         """
-        name = type(self).__name__
+        name, num_classes = type(self).__name__, self.num_classes
         if labels is None:
             raise ValueError(f"{name}(condition='class') needs class labels, got None")
         if isinstance(labels, (bool, float, str)):

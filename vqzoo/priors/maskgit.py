@@ -188,7 +188,7 @@ class MaskGIT(Prior):
                     f"{type(labels).__name__} was given"
                 )
             return None
-        return self.check_class_labels(labels, n, broadcast, self.num_classes)
+        return self.check_class_labels(labels, n, broadcast)
 
     # -- model ---------------------------------------------------------------------------
 

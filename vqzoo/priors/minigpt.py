@@ -242,9 +242,6 @@ class MiniGPT(Prior):
         }
         return by_order[self.order]
 
-    def _check_labels(self, labels: Any, n: int, broadcast: bool) -> Tensor:
-        return self.check_class_labels(labels, n, broadcast, self.num_classes)
-
     def _check_text(self, text: Any, n: int, broadcast: bool) -> Tensor:
         if text is None:
             raise ValueError("MiniGPT(condition='text') needs text token ids, got None")
@@ -283,7 +280,7 @@ class MiniGPT(Prior):
                 )
             return None, None
         if self.condition == "class":
-            return self._check_labels(condition, n, broadcast), None
+            return self.check_class_labels(condition, n, broadcast), None
         return None, self._check_text(condition, n, broadcast)
 
     # -- sequence building --------------------------------------------------------------
@@ -374,7 +371,7 @@ class MiniGPT(Prior):
         image = tokens.reshape(B, -1)
         labels = text = None
         if self.condition == "class":
-            labels = self._check_labels(batch.labels, B, broadcast=False)
+            labels = self.check_class_labels(batch.labels, B, broadcast=False)
             if self.training and self.cond_drop_prob > 0:
                 drop = torch.rand(B, device=labels.device) < self.cond_drop_prob
                 labels = labels.masked_fill(drop, self.null_class)
