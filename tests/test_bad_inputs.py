@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vqzoo import QGVAE, VQGAN, MaskGIT, MiniGPT, VectorQuantizer
-from vqzoo.checkpoint import CheckpointError, load_model
+from vqzoo.checkpoint import CheckpointError, load
 from vqzoo.data.images import ImageDataModule
 
 
@@ -80,24 +80,24 @@ def _missing_folder(tmp: Path) -> None:
 
 def _corrupt(tmp: Path) -> None:
     (tmp / "c.ckpt").write_bytes(b"\x00garbage")
-    load_model(tmp / "c.ckpt")
+    load(tmp / "c.ckpt")
 
 
 def _truncated(tmp: Path) -> None:
     torch.save({"state_dict": {"w": torch.zeros(1000)}}, tmp / "full.ckpt")
     data = (tmp / "full.ckpt").read_bytes()
     (tmp / "t.ckpt").write_bytes(data[: len(data) // 3])
-    load_model(tmp / "t.ckpt")
+    load(tmp / "t.ckpt")
 
 
 def _other_model(tmp: Path) -> None:
     torch.save({"state_dict": {}, "vqzoo": {"class_path": "vqzoo.priors.minigpt.MiniGPT"}}, tmp / "o.ckpt")
-    load_model(tmp / "o.ckpt", expected=VQGAN)
+    load(tmp / "o.ckpt", expected=VQGAN)
 
 
 def _untrusted_class(tmp: Path) -> None:
     torch.save({"state_dict": {}, "vqzoo": {"class_path": "os.system"}}, tmp / "u.ckpt")
-    load_model(tmp / "u.ckpt")
+    load(tmp / "u.ckpt")
 
 
 def _missing_lpips(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +135,7 @@ CASES = [
     ("truncated checkpoint", lambda t, m: _truncated(t), CheckpointError, "corrupt or truncated"),
     ("checkpoint of another model", lambda t, m: _other_model(t), CheckpointError, "expected a vqzoo.tokenizers.vqgan.VQGAN"),
     ("checkpoint naming an untrusted class", lambda t, m: _untrusted_class(t), CheckpointError, "refusing to import 'os.system'"),
-    ("missing checkpoint file", lambda t, m: load_model(t / "nope.ckpt"), FileNotFoundError, "nope.ckpt"),
+    ("missing checkpoint file", lambda t, m: load(t / "nope.ckpt"), FileNotFoundError, "nope.ckpt"),
     ("missing LPIPS weights offline", lambda t, m: _missing_lpips(t, m), FileNotFoundError, "vgg16-397923af.pth"),
     ("K < 1", lambda t, m: VectorQuantizer(0, 8), ValueError, "num_codes must be an integer >= 1, got 0"),
     ("feature dimension mismatch", lambda t, m: VectorQuantizer(8, 4)(torch.zeros(1, 5, 2, 2)), ValueError, r"\(B, 4, H, W\).*\(1, 5, 2, 2\)"),

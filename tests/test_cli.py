@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqzoo.checkpoint import CheckpointError, load_model
+from vqzoo.checkpoint import CheckpointError, load
 from vqzoo.cli import main
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tokenizers" / "vqgan_tiny.yaml")
@@ -36,7 +36,7 @@ def test_fit_validate_export_and_reload(run_dir: Path) -> None:
     assert main(["export", "--ckpt", str(ckpt), "--out", "export"]) == 0
     meta = json.loads((run_dir / "export" / "config.json").read_text())
     assert meta["class_path"] == "vqzoo.tokenizers.vqgan.VQGAN"
-    from_ckpt, from_export = load_model(ckpt), load_model(run_dir / "export")
+    from_ckpt, from_export = load(ckpt), load(run_dir / "export")
     x = torch.rand(3, 1, 16, 16) * 2 - 1
     with torch.no_grad():
         assert torch.equal(from_ckpt(x)[0], from_export(x)[0])
@@ -76,7 +76,7 @@ def test_export_of_missing_or_corrupt_checkpoint(run_dir: Path, capsys: pytest.C
     assert "corrupt or truncated" in capsys.readouterr().err
     assert not (run_dir / "x").exists()
     with pytest.raises(CheckpointError):
-        load_model(run_dir / "bad.ckpt")
+        load(run_dir / "bad.ckpt")
 
 
 class _Evil:
@@ -89,7 +89,7 @@ class _Evil:
 def test_checkpoint_with_code_running_pickle_is_refused(run_dir: Path) -> None:
     torch.save({"state_dict": {}, "hyper_parameters": {"x": _Evil()}}, run_dir / "evil.ckpt")
     with pytest.raises(CheckpointError, match="could run code.*Nothing was executed"):
-        load_model(run_dir / "evil.ckpt")
+        load(run_dir / "evil.ckpt")
     assert not (run_dir / "vqzoo_pwned").exists()
 
 
@@ -99,17 +99,17 @@ def test_truncated_checkpoint_and_other_model_class(run_dir: Path) -> None:
     data = ckpt.read_bytes()
     (run_dir / "trunc.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_model(run_dir / "trunc.ckpt")
+        load(run_dir / "trunc.ckpt")
     from vqzoo.priors import MiniGPT
 
     with pytest.raises(CheckpointError, match="holds a vqzoo.tokenizers.vqgan.VQGAN, expected a .*MiniGPT"):
-        load_model(ckpt, expected=MiniGPT)
+        load(ckpt, expected=MiniGPT)
     # mismatched shapes are named
     state = torch.load(ckpt, weights_only=True)
     state["state_dict"]["quant_conv.weight"] = torch.zeros(3, 3, 1, 1)
     torch.save(state, run_dir / "shapes.ckpt")
     with pytest.raises(CheckpointError, match=r"quant_conv.weight: checkpoint \(3, 3, 1, 1\) vs model \(8, 8, 1, 1\)"):
-        load_model(run_dir / "shapes.ckpt")
+        load(run_dir / "shapes.ckpt")
 
 
 def test_config_callbacks_replace_defaults(run_dir: Path) -> None:

@@ -62,7 +62,8 @@ def test_mnist5k_datamodule_batches_resolution_range_and_exact_values():
     dm = ImageDataModule("mnist5k", resolution=32, channels=3, batch_size=16, seed=0)
     dm.setup("fit")
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (4000, 500, 500)
-    x, y = next(iter(dm.val_dataloader()))
+    batch = next(iter(dm.val_dataloader()))
+    x, y = batch["images"], batch["labels"]
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and 0 <= y.min() and y.max() <= 9
     assert x.min().item() == -1.0 and x.max().item() <= 1.0 and x.max().item() > 0.5
@@ -74,7 +75,8 @@ def test_mnist5k_datamodule_batches_resolution_range_and_exact_values():
     native.setup()
     images, labels = load_mnist5k()
     idx = mnist5k_split(labels, seed=0)["val"][3]
-    img, label = native.val_dataset[3]
+    item = native.val_dataset[3]
+    img, label = item["images"], item["labels"]
     expected = torch.from_numpy(images[idx]).double() * 2 / 255 - 1
     torch.testing.assert_close(img[0].double(), expected, rtol=0, atol=1e-6)
     assert label == labels[idx]
@@ -82,7 +84,7 @@ def test_mnist5k_datamodule_batches_resolution_range_and_exact_values():
     # Same seed, same data; limit_train keeps a subset.
     again = ImageDataModule("mnist5k", resolution=32, channels=3, batch_size=16, seed=0, limit_train=64)
     again.setup()
-    assert torch.equal(next(iter(again.val_dataloader()))[0], x)
+    assert torch.equal(next(iter(again.val_dataloader()))["images"], x)
     assert len(again.train_dataset) == 64
     assert len(again.train_dataloader()) == 4  # drop_last, 64 / 16
 
@@ -143,7 +145,8 @@ def test_fashion_mnist_idx_datamodule_splits():
     train_idx, val_idx = dm.train_dataset.indices, dm.val_dataset.indices
     assert len(np.intersect1d(train_idx, val_idx)) == 0
     assert len(np.union1d(train_idx, val_idx)) == 60000
-    x, y = next(iter(dm.test_dataloader()))
+    batch = next(iter(dm.test_dataloader()))
+    x, y = batch["images"], batch["labels"]
     assert x.shape == (8, 1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert -1.0 <= x.min().item() and x.max().item() <= 1.0 and x.min().item() == -1.0
     assert y.tolist() == load_idx(FASHION_ROOT, "t10k")[1][:8].tolist()
@@ -187,7 +190,7 @@ def test_folder_source_labels_and_channels(tmp_path):
     dm = ImageDataModule("folder", root=str(tmp_path), resolution=8, channels=1, batch_size=2, val_fraction=0.3)
     dm.setup()
     assert len(dm.train_dataset) + len(dm.val_dataset) == 7 and dm.num_classes == 2
-    img, _ = dm.train_dataset[0]
+    img = dm.train_dataset[0]["images"]
     assert img.shape == (1, 8, 8)
     # PIL's luminance of pure red: 255 * 299 / 1000 -> 76
     torch.testing.assert_close(img, torch.full((1, 8, 8), 76 / 255 * 2 - 1))

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from vqzoo.data.tokens import (
-    TokenDataModule,
-    TokenDataset,
-    encode_tokens,
-    read_token_meta,
-    sample_prior,
-    sample_to_grid,
-)
-from vqzoo.priors import MiniGPT, PriorBatch, load_prior
+from vqzoo.data.batch import TensorBatchDataset
+
+from vqzoo.checkpoint import load
+from vqzoo.data.tokens import TokenDataModule, TokenDataset, read_token_meta
+from vqzoo.io import make_grid as sample_to_grid
+from vqzoo.priors import MiniGPT, PriorBatch
+from vqzoo.priors.sample import sample_prior
+from vqzoo.tokenizers.encode import encode_tokens
 from vqzoo.priors.base import filter_logits
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
@@ -283,10 +282,10 @@ def test_frozen_tokenizer_tokenizes_images_and_decodes_samples(monkeypatch, tmp_
     fake = FakeTokenizer()
     ckpt = tmp_path / "tok.ckpt"
     ckpt.write_bytes(b"placeholder")
-    monkeypatch.setattr("vqzoo.tokenizers.base.load_tokenizer", lambda path: fake)
+    monkeypatch.setattr("vqzoo.checkpoint.load", lambda path, **kw: fake)
     m = MiniGPT(vocab_size=4, token_shape=[2, 2], tokenizer=str(ckpt), **TINY)
     tokens = torch.randint(0, 4, (3, 2, 2))
-    pb = m.prepare_batch((_images_for(tokens), torch.zeros(3, dtype=torch.long)))
+    pb = m.prepare_batch({"images": _images_for(tokens), "labels": torch.zeros(3, dtype=torch.long)})
     assert torch.equal(pb.tokens, tokens)
     assert not fake.training and not any(p.requires_grad for p in fake.parameters())
     assert not any("dummy" in k for k in m.state_dict())  # the tokenizer's weights stay out of the prior's
@@ -309,7 +308,7 @@ def test_frozen_tokenizer_tokenizes_images_and_decodes_samples(monkeypatch, tmp_
 def _image_loader(n=24, bs=8):
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 4, (n, 2, 2), generator=g)
-    return DataLoader(TensorDataset(_images_for(tokens), torch.arange(n) % 3), batch_size=bs), tokens
+    return DataLoader(TensorBatchDataset(images=_images_for(tokens), labels=torch.arange(n) % 3), batch_size=bs), tokens
 
 
 def test_encode_tokens_roundtrip_and_atomicity(tmp_path):
@@ -320,7 +319,7 @@ def test_encode_tokens_roundtrip_and_atomicity(tmp_path):
     assert meta["dtype"] == "int16" and meta["tokenizer"] == "fake.ckpt" and meta["has_labels"]
     ds = TokenDataset(out)
     assert torch.equal(torch.stack([ds[i]["tokens"] for i in range(24)]), tokens)
-    assert ds[5]["label"].item() == 5 % 3
+    assert ds[5]["labels"].item() == 5 % 3
     with pytest.raises(FileExistsError):
         encode_tokens(FakeTokenizer(), loader, out)
 
@@ -347,13 +346,13 @@ def test_fit_checkpoint_load_and_sample_prior(tmp_path, monkeypatch):
     assert "train/loss" in trainer.callback_metrics and "val/loss" in trainer.callback_metrics
     ckpt = tmp_path / "prior.ckpt"
     trainer.save_checkpoint(ckpt)
-    loaded = load_prior(ckpt)
+    loaded = load(ckpt)
     assert isinstance(loaded, MiniGPT)
     for k, v in m.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     from vqzoo.checkpoint import export_model
 
-    exported = load_prior(export_model(loaded, tmp_path / "export"))  # safetensors + config.json
+    exported = load(export_model(loaded, tmp_path / "export"))  # safetensors + config.json
     assert all(torch.equal(v, exported.state_dict()[k]) for k, v in m.state_dict().items())
 
     bad = MiniGPT(vocab_size=5, token_shape=[2, 2], condition="class", num_classes=3, **TINY)
@@ -374,7 +373,7 @@ def test_fit_checkpoint_load_and_sample_prior(tmp_path, monkeypatch):
 
     tok_file = tmp_path / "tok.ckpt"
     tok_file.write_bytes(b"placeholder")
-    monkeypatch.setattr("vqzoo.tokenizers.base.load_tokenizer", lambda path: FakeTokenizer())
+    monkeypatch.setattr("vqzoo.checkpoint.load", lambda path, **kw: FakeTokenizer() if str(path) == str(tok_file) else load(path, **kw))
     out = sample_prior(ckpt, 4, 2, tmp_path / "s3", tokenizer=str(tok_file), nrow=2)
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}.png" for i in range(4)]
     from PIL import Image

@@ -196,7 +196,9 @@ def test_tokenize_detokenize_round_trip_equals_forward_in_eval(num_channels):
 
 def test_tiny_movq_trains_through_lightning_on_cpu():
     import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader
+
+    from vqzoo.data.batch import TensorBatchDataset
 
     torch.manual_seed(0)
     disc = NLayerDiscriminator(in_channels=1, ndf=8, n_layers=1, norm="group")
@@ -219,7 +221,7 @@ def test_tiny_movq_trains_through_lightning_on_cpu():
     trainer = L.Trainer(max_epochs=30, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         callbacks=[Record()])
-    trainer.fit(m, DataLoader(TensorDataset(x), batch_size=8))
+    trainer.fit(m, DataLoader(TensorBatchDataset(images=x), batch_size=8))
     assert m.generator_step == 30 and len(losses) == 30
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
@@ -288,7 +290,9 @@ def test_paper_configs_build_with_the_reference_settings(name, tmp_path):
 def test_tiny_movq_and_tiny_maskgit_end_to_end():
     """MaskGIT trains on MoVQ's (B, h, w, M) tokens through a frozen MoVQ, samples, and MoVQ decodes them."""
     import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader
+
+    from vqzoo.data.batch import TensorBatchDataset
 
     from vqzoo.priors.maskgit import MaskGIT
 
@@ -314,7 +318,7 @@ def test_tiny_movq_and_tiny_maskgit_end_to_end():
     before = masked_ce()
     trainer = L.Trainer(max_epochs=20, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(prior, DataLoader(TensorDataset(x), batch_size=8))  # image batches, tokenized on the fly
+    trainer.fit(prior, DataLoader(TensorBatchDataset(images=x), batch_size=8))  # image batches, tokenized on the fly
     after = masked_ce()
     assert math.isfinite(after) and after < before
 

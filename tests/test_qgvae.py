@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from vqzoo.data.batch import TensorBatchDataset
 from vqzoo.losses.adversarial import AdversarialLoss, NLayerDiscriminator
 from vqzoo.nn.unet import QGDiscriminator, QGUNet, grid_positional_encoding
 from vqzoo.quantize import GradientMagnitudeReset, VectorQuantizer
@@ -221,7 +222,7 @@ def test_gradient_magnitude_reset_in_lightning_loop(tmp_path: Path) -> None:
         return moved
 
     reset.apply = spy
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images(10)), batch_size=2)
+    data = torch.utils.data.DataLoader(TensorBatchDataset(images=images(10)), batch_size=2)
     trainer = L.Trainer(
         max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,

@@ -7,7 +7,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
+
+from vqzoo.data.batch import TensorBatchDataset
 
 from vqzoo import DeadCodeReset, MaskGIT, OrthogonalRegularizer, VectorQuantizer, VQGAN
 from vqzoo.losses import AdversarialLoss, NLayerDiscriminator
@@ -24,7 +26,7 @@ def gan_tokenizer() -> VQGAN:
 def image_loader() -> DataLoader:
     g = torch.Generator().manual_seed(1)
     x = torch.rand(24, 1, 16, 16, generator=g) * 2 - 1
-    return DataLoader(TensorDataset(x, torch.zeros(24, dtype=torch.long)), batch_size=8, shuffle=False)
+    return DataLoader(TensorBatchDataset(images=x, labels=torch.zeros(24, dtype=torch.long)), batch_size=8, shuffle=False)
 
 
 def prior() -> MaskGIT:
@@ -36,7 +38,7 @@ def prior() -> MaskGIT:
 def token_loader() -> DataLoader:
     g = torch.Generator().manual_seed(2)
     t = torch.randint(0, 8, (24, 4, 4), generator=g)
-    return DataLoader(TensorDataset(t), batch_size=8, shuffle=False)
+    return DataLoader(TensorBatchDataset(tokens=t), batch_size=8, shuffle=False)
 
 
 def trainer(root: Path, epochs: int) -> L.Trainer:
@@ -80,7 +82,7 @@ def test_gan_tokenizer_with_reset_resumes_exactly(tmp_path: Path) -> None:
     assert full.generator_step == resumed.generator_step == 12
     assert int(full.quantizer.reset.num_resets) == 6
     assert_same_training_state(full, resumed, tf, tr)
-    x = next(iter(image_loader()))[0]
+    x = next(iter(image_loader()))["images"]
     full.eval(), resumed.eval()
     with torch.no_grad():
         fa, fb = full(x), resumed(x)

@@ -356,8 +356,8 @@ class RandomTokenizer(nn.Module):
 def test_fit_config_trains_the_small_stage2_config_and_the_checkpoint_reloads(rt, tmp_path, capsys):
     from torch.utils.data import DataLoader
 
-    from vqzoo.data.tokens import encode_tokens
-    from vqzoo.priors.base import load_prior
+    from vqzoo.checkpoint import load
+    from vqzoo.tokenizers.encode import encode_tokens
 
     dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_stage2_data.yaml",
                              train_size=8, val_size=4, test_size=4)
@@ -371,7 +371,7 @@ def test_fit_config_trains_the_small_stage2_config_and_the_checkpoint_reloads(rt
                                    "tiny", "cpu")
     assert info["batches"] == 2 and info["seed"] == 7 and not prior.training  # 1 epoch x 2 batches
     assert "[tiny] 2/2 loss" in capsys.readouterr().out
-    again = load_prior(info["checkpoint"])
+    again = load(info["checkpoint"])
     for (name, a), (_, b) in zip(prior.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     assert math.isfinite(info["logged"]["val/loss"])

@@ -7,7 +7,9 @@ import copy
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
+
+from vqzoo.data.batch import TensorBatchDataset
 
 from vqzoo import VQGAN, OrthogonalRegularizer, VectorQuantizer
 from vqzoo.losses import AdversarialLoss, NLayerDiscriminator
@@ -45,7 +47,7 @@ class Recorder(L.Callback):
 
 def fit(model: VQGAN, steps: int, recorder: Recorder | None = None) -> L.Trainer:
     x = fixed_batch()
-    loader = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=8)
+    loader = DataLoader(TensorBatchDataset(images=x, labels=torch.zeros(len(x), dtype=torch.long)), batch_size=8)
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

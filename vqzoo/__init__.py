@@ -9,6 +9,7 @@ from vqzoo.quantize import (
     VectorQuantizer,
 )
 
+from vqzoo.checkpoint import load
 from vqzoo.priors import MaskGIT, MiniGPT
 from vqzoo.tokenizers import QGVAE, VQGAN, MoVQ, Tokenizer
 
@@ -27,4 +28,5 @@ __all__ = [
     "MoVQ",
     "MiniGPT",
     "MaskGIT",
+    "load",
 ]

@@ -20,7 +20,6 @@ import importlib
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -123,26 +122,17 @@ def _instantiate(cls: type, config: dict[str, Any], overrides: dict[str, Any]) -
     from jsonargparse import ArgumentParser
 
     config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path") and k not in overrides}
-    config = copy.deepcopy(config)  # jsonargparse turns nested dicts into Namespaces in place
     parser = ArgumentParser(exit_on_error=False)
-    # instantiate=False: nested parts are built, the model itself is built below with overrides
+    # instantiate=False: nested parts are built here, the model itself below with the overrides
     parser.add_class_arguments(cls, "model", fail_untyped=False, skip=set(overrides), instantiate=False)
     try:
+        # jsonargparse turns nested dicts into Namespaces in place: give it a copy
         parsed = parser.parse_object({"model": copy.deepcopy(config)})
-        build = getattr(parser, "instantiate", None) or parser.instantiate_classes
-        init = build(parsed).model
+        init = parser.instantiate(parsed).model
     except Exception as err:  # jsonargparse reports bad or missing arguments in several classes
         raise TypeError(str(err).strip().splitlines()[0]) from err
     init = init.as_dict() if hasattr(init, "as_dict") else dict(init)
-    if overrides:
-        return cls(**{**init, **overrides})
-    # Rebuild under Lightning's given-hyperparameters context (as LightningCLI does), so
-    # the model keeps its plain config and can be saved and exported again.
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters_context
-
-    given = {"_class_path": f"{cls.__module__}.{cls.__qualname__}", **config}
-    with _given_hyperparameters_context(hparams=given, instantiator="lightning.pytorch.cli.instantiate_module"):
-        return cls(**init)
+    return cls(**{**init, **overrides})
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -166,14 +156,17 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=True)
 
 
-def load_model(
-    path: str | os.PathLike, expected: type | None = None, **overrides: Any
-) -> L.LightningModule:
-    """Load a vqzoo model from a ``.ckpt`` file or an export directory, in eval mode.
+def load(path: str | os.PathLike, expected: type | None = None, **overrides: Any) -> L.LightningModule:
+    """Load any vqzoo model (tokenizer, prior, classifier) from a ``.ckpt`` file or an export directory.
 
-    ``expected`` (a class) makes a checkpoint of another model class an error
-    that names both. ``overrides`` replace constructor arguments (e.g. the
-    nested modules of a model built in Python rather than by the CLI).
+    Always the safe path: ``weights_only`` checkpoints, classes from trusted
+    modules only, a strict state-dict check that names what does not fit. The
+    model comes back in eval mode on the CPU; the caller's RNG is untouched.
+
+    Args:
+        path: a ``.ckpt`` written by ``vqzoo fit`` or a directory written by ``vqzoo export``.
+        expected: a class; a checkpoint of another model class is an error that names both.
+        overrides: replace constructor arguments (e.g. ``tokenizer="other.ckpt"`` for a prior).
     """
     path = Path(path)
     if path.is_dir():
@@ -185,7 +178,9 @@ def load_model(
             meta = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{cfg_file} is not valid JSON: {err}") from err
-        class_path, config = meta.get("class_path"), meta.get("config", {})
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{cfg_file} must hold a JSON object with 'class_path' and 'config'")
+        class_path, config = meta.get("class_path"), meta.get("config") or {}
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -193,61 +188,48 @@ def load_model(
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{weights} is not a readable safetensors file: {err}") from err
-        source = str(path)
-    else:
+    elif path.is_file():
         ckpt = read_checkpoint(path)
         class_path, config, state = checkpoint_class_path(ckpt), ckpt.get("hyper_parameters") or {}, ckpt["state_dict"]
-        source = str(path)
+    else:
+        raise FileNotFoundError(
+            f"no model at {path}: expected a .ckpt file written by `vqzoo fit` or a directory written by `vqzoo export`"
+        )
+    source = str(path)
     cls = resolve_class(class_path)
     if expected is not None and not (isinstance(cls, type) and issubclass(cls, expected)):
         raise CheckpointError(f"{source} holds a {class_path}, expected a {expected.__module__}.{expected.__qualname__}")
     try:
         model = _instantiate(cls, dict(config), overrides)
     except TypeError as err:
-        raise CheckpointError(
-            f"cannot rebuild {class_path} from {source}: {err}. A model built in Python (not by `vqzoo fit`) "
-            "keeps its nested modules out of the checkpoint's hyperparameters: pass them as keyword "
-            "arguments, e.g. load_model(path, quantizer=VectorQuantizer(...))"
-        ) from err
+        raise CheckpointError(f"cannot rebuild {class_path} from {source}: {err}") from err
     _load_state(model, state, source)
     return model.eval()
 
 
 def model_config(model: L.LightningModule) -> dict[str, Any]:
     """The constructor config of a model, as plain data (class paths + init args)."""
-    hp = dict(model.hparams)
-    hp.pop("_instantiator", None)
-    hp.pop("_class_path", None)
+    from vqzoo.config import to_config
 
-    def plain(v: Any) -> Any:
-        if hasattr(v, "as_dict") and callable(v.as_dict):  # a jsonargparse Namespace
-            v = v.as_dict()
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            return v
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        raise CheckpointError(
-            f"cannot export {type(model).__name__}: its hyperparameter value {v!r} is not plain data. "
-            "Build the model from a config (`vqzoo fit --config ...`) to export it."
-        )
-
-    return {k: plain(v) for k, v in hp.items()}
+    hp = {k: v for k, v in model.hparams.items() if k not in ("_instantiator", "_class_path")}
+    try:
+        return to_config(hp)
+    except TypeError as err:
+        raise CheckpointError(f"cannot export {type(model).__name__}: {err}") from err
 
 
-def export_model(model: L.LightningModule, out_dir: str | os.PathLike) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically."""
+def export_model(model: L.LightningModule, out_dir: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir``, atomically (all or nothing)."""
     from safetensors.torch import save_file
 
+    from vqzoo.io import atomic_dir
+
     out = Path(out_dir)
-    config = model_config(model)
-    meta = {"class_path": f"{type(model).__module__}.{type(model).__qualname__}", "config": config}
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    meta = {"class_path": f"{type(model).__module__}.{type(model).__qualname__}", "config": model_config(model)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-        save_file(state, os.path.join(tmp, WEIGHTS_NAME))
-        Path(tmp, CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        os.replace(os.path.join(tmp, WEIGHTS_NAME), out / WEIGHTS_NAME)
-        os.replace(os.path.join(tmp, CONFIG_NAME), out / CONFIG_NAME)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
     return out

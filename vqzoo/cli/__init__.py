@@ -14,9 +14,7 @@ with each run (overwriting a previous one, pitfall 16).
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -99,91 +97,13 @@ class VQZooCLI(LightningCLI):
         ]
 
 
-# ---------------------------------------------------------------------- extra commands
-def _export(argv: list[str]) -> int:
-    from vqzoo.checkpoint import export_model, load_model
+def _extra_commands() -> dict[str, Any]:
+    from vqzoo.cli import encode, export, sample
 
-    p = argparse.ArgumentParser(prog="vqzoo export", description="Export a checkpoint as safetensors + config.json")
-    p.add_argument("--ckpt", required=True, help="a .ckpt written by `vqzoo fit`")
-    p.add_argument("--out", required=True, help="output directory")
-    a = p.parse_args(argv)
-    model = load_model(a.ckpt)
-    out = export_model(model, a.out)
-    print(f"exported {type(model).__name__} to {out}")
-    return 0
+    return {"export": export.main, "encode": encode.main, "sample": sample.main}
 
 
-def _encode(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vqzoo encode", description="Tokenize a dataset with a trained tokenizer")
-    p.add_argument("--tokenizer", required=True, help="tokenizer .ckpt or export directory")
-    p.add_argument("--data", required=True, help="YAML with a `data:` section (class_path + init_args) or a bare one")
-    p.add_argument("--out", required=True, help="output directory of the token dataset")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--batch-size", type=int, default=None)
-    a = p.parse_args(argv)
-    from vqzoo.data.tokens import encode_tokens
-    from vqzoo.tokenizers.base import load_tokenizer
-
-    tokenizer = load_tokenizer(a.tokenizer)
-    dm = _datamodule_from_yaml(a.data)
-    if a.batch_size:
-        dm.batch_size = a.batch_size
-    dm.prepare_data()
-    dm.setup("fit" if a.split in ("train", "val") else "test")
-    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[a.split]()
-    if a.split == "train":
-        loader = _unshuffled(loader)
-    out = encode_tokens(tokenizer, loader, a.out, tokenizer_path=str(a.tokenizer))
-    print(f"wrote tokens to {out}")
-    return 0
-
-
-def _unshuffled(loader: Any) -> Any:
-    from torch.utils.data import DataLoader
-
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
-
-
-def _datamodule_from_yaml(path: str) -> L.LightningDataModule:
-    import yaml
-    from jsonargparse import ArgumentParser
-
-    cfg = yaml.safe_load(Path(path).read_text())
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a YAML mapping with a `data:` section")
-    cfg = cfg.get("data", cfg)
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(L.LightningDataModule, "data")
-    parsed = parser.parse_object({"data": cfg})
-    build = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return build(parsed).data
-
-
-def _sample(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vqzoo sample", description="Sample tokens (and images) from a trained prior")
-    p.add_argument("--prior", required=True, help="prior .ckpt or export directory")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--condition", default=None, help="class label (int) or caption text, for conditional priors")
-    p.add_argument("--out", default="samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--cfg-scale", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None, help="MaskGIT decoding steps")
-    p.add_argument("--tokenizer", default=None, help="tokenizer to decode with, if the prior holds none")
-    a = p.parse_args(argv)
-    from vqzoo.data.tokens import sample_prior
-
-    out = sample_prior(
-        a.prior, n=a.n, condition=a.condition, out_dir=a.out, seed=a.seed, temperature=a.temperature,
-        top_k=a.top_k, top_p=a.top_p, cfg_scale=a.cfg_scale, steps=a.steps, tokenizer=a.tokenizer,
-    )
-    print(f"wrote samples to {out}")
-    return 0
-
-
-EXTRA_COMMANDS = {"export": _export, "encode": _encode, "sample": _sample}
+EXTRA_COMMANDS = ("export", "encode", "sample")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in EXTRA_COMMANDS:
         try:
-            return EXTRA_COMMANDS[argv[0]](argv[1:])
+            return _extra_commands()[argv[0]](argv[1:])
         except (ValueError, FileNotFoundError) as err:
             print(f"vqzoo {argv[0]}: error: {err}", file=sys.stderr)
             return 2

@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 from torch import Tensor
+from torch.utils.data import Dataset
 
-__all__ = ["BATCH_KEYS", "Batch", "as_batch"]
+__all__ = ["BATCH_KEYS", "Batch", "TensorBatchDataset", "as_batch"]
 
 
 class Batch(TypedDict, total=False):
@@ -53,3 +54,28 @@ def as_batch(batch: Any, main: str = "images") -> Batch:
             f"a batch needs an 'images' or a 'tokens' entry (see vqzoo.data.batch.Batch); got keys {sorted(batch)}"
         )
     return batch  # type: ignore[return-value]
+
+
+class TensorBatchDataset(Dataset):
+    """In-memory tensors as :class:`Batch` items, e.g. ``TensorBatchDataset(images=x, labels=y)``.
+
+    The tensors share their first dimension; a DataLoader over it yields
+    :class:`Batch` dicts with the same keys.
+    """
+
+    def __init__(self, **tensors: Tensor) -> None:
+        unknown = set(tensors) - BATCH_KEYS
+        if unknown:
+            raise ValueError(f"unknown batch keys {sorted(unknown)}; expected keys from {sorted(BATCH_KEYS)}")
+        if not tensors or ("images" in tensors) == ("tokens" in tensors):
+            raise ValueError("give exactly one of images= or tokens= (plus optional labels=, text=)")
+        lengths = {k: len(v) for k, v in tensors.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"the tensors must have the same length, got {lengths}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}

@@ -1,7 +1,7 @@
 """Image DataModule: one typed entry point for every image source vqzoo trains on.
 
-Batches are ``(images, labels)``: images float32 ``(B, C, R, R)`` in [-1, 1],
-labels int64 ``(B,)`` (-1 where a source has no class, e.g. CelebA or a folder
+Batches are :class:`~vqzoo.data.batch.Batch` dicts: ``images`` float32 ``(B, C, R, R)`` in [-1, 1],
+``labels``  int64 ``(B,)`` (-1 where a source has no class, e.g. CelebA or a folder
 without class subfolders).
 
 Decisions where the spec is silent:
@@ -159,7 +159,10 @@ class ImageTransform:
 
 
 class IndexedDataset(Dataset):
-    """A subset of a ``(image, target)`` dataset with a transform and int labels (-1 for none)."""
+    """A subset of a ``(image, target)`` dataset as :class:`~vqzoo.data.batch.Batch` items.
+
+    Each item is ``{"images": (C, H, W) in [-1, 1], "labels": int64}`` (-1 where there is no label).
+    """
 
     def __init__(self, base: Dataset, indices: np.ndarray | None, transform: Callable[[Any], torch.Tensor]) -> None:
         self.base = base
@@ -169,7 +172,7 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         image, target = self.base[int(self.indices[i])]
         if target is None:
             label = -1
@@ -177,7 +180,7 @@ class IndexedDataset(Dataset):
             label = int(target.item()) if target.numel() == 1 else -1
         else:
             label = int(target)
-        return self.transform(image), label
+        return {"images": self.transform(image), "labels": torch.tensor(label, dtype=torch.int64)}
 
 
 class ImageDataModule(L.LightningDataModule):

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqzoo.config import Configurable
+
 __all__ = [
     "AdversarialLoss",
     "NLayerDiscriminator",
@@ -48,7 +50,7 @@ def _group_count(channels: int, max_groups: int = 32) -> int:
     return max(g for g in range(1, min(channels, max_groups) + 1) if channels % g == 0)
 
 
-class NLayerDiscriminator(nn.Module):
+class NLayerDiscriminator(Configurable, nn.Module):
     """PatchGAN discriminator: one logit per overlapping patch, shape (B, 1, h, w).
 
     For 256x256 input and ``n_layers=3`` the map is 30x30 and each logit sees a
@@ -191,7 +193,7 @@ def adaptive_weight(
     return weight.clamp(0.0, max_weight).detach()
 
 
-class AdversarialLoss(nn.Module):
+class AdversarialLoss(Configurable, nn.Module):
     """Holds the discriminator and computes both sides of the GAN objective.
 
     Usage in a manual-optimization training step (``gen_step`` is the caller's

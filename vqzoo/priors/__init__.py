@@ -6,7 +6,7 @@
   iterative parallel decoding, including multichannel (MoVQ) tokens.
 """
 
-from vqzoo.priors.base import Prior, PriorBatch, load_prior
+from vqzoo.priors.base import Prior, PriorBatch
 from vqzoo.priors.maskgit import MaskGIT
 from vqzoo.priors.minigpt import MiniGPT, MiniGPTOutput
 from vqzoo.priors.schedules import MASK_SCHEDULES, mask_ratio
@@ -18,6 +18,5 @@ __all__ = [
     "MiniGPTOutput",
     "Prior",
     "PriorBatch",
-    "load_prior",
     "mask_ratio",
 ]

@@ -13,9 +13,9 @@ Decisions recorded here (the spec is silent on them):
   the path in its hyperparameters), it is not wrapped by DDP, and
   ``prior.train()`` never flips it out of eval mode. It is moved to the
   batch's device when used.
-* Batches may be a tensor, a ``(main, extra[, ...])`` tuple/list or a dict;
-  see :func:`vqzoo.data.tokens.split_batch` for the accepted keys. In a tuple,
-  a 1-D integer second element is a class label and a 2-D one is text ids.
+* Batches are :class:`vqzoo.data.batch.Batch` dicts: ``tokens`` (or
+  ``images`` with a frozen tokenizer), optional ``labels`` and ``text``; a
+  bare tensor is the tokens (or the images).
 * Optimizer (minGPT): AdamW; weight decay on ``nn.Linear`` weights only,
   never on biases, LayerNorm, embeddings or positional tables. The learning
   rate schedule is linear warmup over ``warmup_steps`` followed by either a
@@ -24,7 +24,7 @@ Decisions recorded here (the spec is silent on them):
   stepped once per optimizer step.
 * Checkpoints carry the prior's class path under ``checkpoint["vqzoo"]
   ["class_path"]`` (the convention of :mod:`vqzoo.checkpoint`), so
-  :func:`load_prior` can rebuild the right class from a path alone.
+  :func:`vqzoo.load` can rebuild the right class from a path alone.
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqzoo.data.batch import as_batch
 from vqzoo.nn.transformer import Transformer, resolve_transformer_size
 
 __all__ = [
     "Prior",
     "PriorBatch",
     "filter_logits",
-    "load_prior",
     "sample_logits",
 ]
 
@@ -147,64 +147,6 @@ def classifier_free_guidance(logits: Tensor, n: int, scale: float | None) -> Ten
         return logits
     cond, uncond = logits[:n].float(), logits[n:].float()
     return uncond + scale * (cond - uncond)
-
-
-# ---------------------------------------------------------------------------
-# checkpoint loading
-# ---------------------------------------------------------------------------
-
-
-def load_prior(path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any) -> Prior:
-    """Rebuild a prior (MiniGPT, MaskGIT, ...) from a checkpoint or export directory, in eval mode.
-
-    Uses the safe primitives of :mod:`vqzoo.checkpoint`: ``weights_only``
-    reading, the class named under ``checkpoint["vqzoo"]["class_path"]`` (or
-    an export's ``config.json``) imported only from trusted modules, and a
-    strict, named state-dict check. A prior's hyperparameters are plain
-    constructor arguments (no nested modules), so the class is called with
-    them directly. ``overrides`` replace constructor arguments (e.g.
-    ``tokenizer="other.ckpt"``).
-    """
-    import json
-
-    from vqzoo.checkpoint import (
-        CONFIG_NAME,
-        WEIGHTS_NAME,
-        CheckpointError,
-        _load_state,
-        checkpoint_class_path,
-        read_checkpoint,
-        resolve_class,
-    )
-
-    path = Path(path)
-    if path.is_dir():
-        cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (cfg_file, weights):
-            if not f.is_file():
-                raise FileNotFoundError(f"export directory {path} lacks {f.name}")
-        meta = json.loads(cfg_file.read_text())
-        class_path, config = meta.get("class_path"), dict(meta.get("config") or {})
-        from safetensors.torch import load_file
-
-        state = load_file(str(weights))
-    elif path.is_file():
-        ckpt = read_checkpoint(path)
-        class_path = checkpoint_class_path(ckpt)
-        config, state = dict(ckpt.get("hyper_parameters") or {}), ckpt["state_dict"]
-    else:
-        raise FileNotFoundError(f"prior checkpoint not found: {path}")
-    cls = resolve_class(class_path)
-    if not (isinstance(cls, type) and issubclass(cls, Prior)):
-        raise CheckpointError(f"{path} holds a {class_path}, expected a vqzoo prior (MiniGPT, MaskGIT)")
-    config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path")}
-    config.update(overrides)
-    try:
-        model = cls(**config)
-    except TypeError as err:
-        raise CheckpointError(f"cannot rebuild {class_path} from {path}: {err}") from err
-    _load_state(model, state, str(path))
-    return model.to(map_location).eval()
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +302,8 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         """The frozen tokenizer, loaded from ``tokenizer`` on first use (or ``None``)."""
         tok = self.__dict__["_frozen_tokenizer"]
         if tok is None and self.tokenizer_path is not None:
-            from vqzoo.tokenizers.base import load_tokenizer
+            from vqzoo.checkpoint import load
+            from vqzoo.tokenizers.base import Tokenizer
 
             path = Path(self.tokenizer_path)
             if not path.exists():
@@ -368,7 +311,7 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
                     f"tokenizer checkpoint or export directory not found: {path} "
                     "(set the prior's `tokenizer` argument to a trained tokenizer)"
                 )
-            tok = self.set_tokenizer(load_tokenizer(str(path)))
+            tok = self.set_tokenizer(load(path, expected=Tokenizer))
         return tok
 
     def set_tokenizer(self, tokenizer: nn.Module) -> nn.Module:
@@ -461,16 +404,26 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from vqzoo.checkpoint import restore_rng
 
-        restore_rng(checkpoint)
+        # Only a resumed run gets its RNG back; loading for inference leaves the caller's alone.
+        if self._trainer is not None:
+            restore_rng(checkpoint)
 
     def prepare_batch(self, batch: Any) -> PriorBatch:
         """Normalise a dataloader batch into a :class:`PriorBatch` (tokenizing images if needed)."""
-        from vqzoo.data.tokens import split_batch
-
-        main, labels, text = split_batch(batch)
-        if self.tokenizer_path is not None or self.__dict__["_frozen_tokenizer"] is not None:
-            main = self.tokenize_images(main)
-        return PriorBatch(tokens=main, labels=labels, text=text)
+        images_in = self.tokenizer_path is not None or self.__dict__["_frozen_tokenizer"] is not None
+        batch = as_batch(batch, main="images" if images_in else "tokens")
+        if images_in:
+            if "images" not in batch:
+                raise ValueError("this prior has a frozen tokenizer and trains on images; the batch has no 'images'")
+            tokens = self.tokenize_images(batch["images"])
+        else:
+            if "tokens" not in batch:
+                raise ValueError(
+                    "this prior trains on tokens (a `vqzoo encode` directory); the batch has images: "
+                    "set the prior's `tokenizer` to train on images"
+                )
+            tokens = batch["tokens"]
+        return PriorBatch(tokens=tokens, labels=batch.get("labels"), text=batch.get("text"))
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         pb = self.prepare_batch(batch)

@@ -37,6 +37,7 @@ from torch import nn
 from vqzoo.quantize.codebook import Codebook, Distance, Init, Update
 from vqzoo.quantize.regularizers import OrthogonalRegularizer
 from vqzoo.quantize.resets import CodebookReset
+from vqzoo.config import Configurable
 
 Layout = Literal["spatial", "multichannel", "per_token"]
 
@@ -93,7 +94,7 @@ class QuantizerOutput:
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Configurable, nn.Module):
     """The shared discrete bottleneck.
 
     Args:

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqzoo.config import Configurable
 
-class OrthogonalRegularizer(nn.Module):
+
+class OrthogonalRegularizer(Configurable, nn.Module):
     """Orthogonality of the L2-normalised codes (TE-VQGAN paper, eq. 5).
 
     ``weight / K² · ‖ l2(E) l2(E)ᵀ − I ‖²_F`` for each group, averaged over groups

@@ -24,9 +24,10 @@ from torch import nn
 
 from vqzoo.quantize.codebook import Codebook
 from vqzoo.quantize.distributed import all_reduce_sum_, world_size
+from vqzoo.config import Configurable
 
 
-class CodebookReset(nn.Module, abc.ABC):
+class CodebookReset(Configurable, nn.Module, abc.ABC):
     """Shared step counting for periodic resets.
 
     Args:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import abc
 import math
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vqzoo.config import to_config
+from vqzoo.data.batch import as_batch
+from vqzoo.io import make_grid, save_png
 from vqzoo.losses.adversarial import AdversarialLoss
 from vqzoo.metrics.codebook import CodebookUsage
 from vqzoo.quantize import QuantizerOutput, VectorQuantizer
@@ -126,7 +128,10 @@ class Tokenizer(L.LightningModule, abc.ABC):
             raise ValueError("loss weights must be >= 0")
         if optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
-        self.save_hyperparameters(ignore=["quantizer", "adversarial"] if not _built_by_cli() else [])
+        # Nested parts are saved as the config they were built with (vqzoo.config), so a
+        # model built in Python or by LightningCLI reloads and exports the same way.
+        self.save_hyperparameters(ignore=["quantizer", "adversarial"])
+        self.hparams.update(quantizer=to_config(quantizer), adversarial=to_config(adversarial))
         self.automatic_optimization = False
         self.quantizer = quantizer
         self.adversarial = adversarial
@@ -299,12 +304,11 @@ class Tokenizer(L.LightningModule, abc.ABC):
 
     @staticmethod
     def images_of(batch: Any) -> Tensor:
-        """The image tensor of a batch: the batch itself, its first element, or batch['image']."""
-        if isinstance(batch, Tensor):
-            return batch
-        if isinstance(batch, dict):
-            return batch["image"]
-        return batch[0]
+        """The ``images`` of a :class:`~vqzoo.data.batch.Batch` (or a bare image tensor)."""
+        images = as_batch(batch).get("images")
+        if images is None:
+            raise ValueError("a tokenizer trains on image batches; this batch has 'tokens' but no 'images'")
+        return images
 
     def _as_list(self, x: Any) -> list:
         return list(x) if isinstance(x, (list, tuple)) else [x]
@@ -399,6 +403,12 @@ class Tokenizer(L.LightningModule, abc.ABC):
             )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluation_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_epoch_end("val")
+
+    def _evaluation_step(self, batch: Any, batch_idx: int, stage: str) -> None:
         x = self.images_of(batch)
         x_rec, q = self(x)
         nll, logs = self.reconstruction_terms(x, x_rec)
@@ -407,29 +417,29 @@ class Tokenizer(L.LightningModule, abc.ABC):
         mse = F.mse_loss(r01, x01, reduction="none").flatten(1).mean(1)
         logs["psnr"] = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
         logs["ssim"] = _ssim(r01, x01)
-        self.log_dict({f"val/{k}": v for k, v in logs.items()}, sync_dist=True, batch_size=x.shape[0])
+        self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, sync_dist=True, batch_size=x.shape[0])
         self.val_codebook.update(self.quantizer.histogram(q.indices))
         if batch_idx == 0:
-            self._save_grid(x, x_rec)
+            self._save_grid(x, x_rec, stage)
 
-    def on_validation_epoch_end(self) -> None:
+    def _evaluation_epoch_end(self, stage: str) -> None:
         res = self.val_codebook.compute()  # summed across ranks by torchmetrics
-        self.log("val/codebook_usage", res["usage"], sync_dist=False)
-        self.log("val/codes_used", res["codes_used"].float(), sync_dist=False)
-        self.log("val/perplexity", res["perplexity"], sync_dist=False)
+        self.log(f"{stage}/codebook_usage", res["usage"], sync_dist=False)
+        self.log(f"{stage}/codes_used", res["codes_used"].float(), sync_dist=False)
+        self.log(f"{stage}/perplexity", res["perplexity"], sync_dist=False)
         self.val_codebook.reset()
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
+        self._evaluation_step(batch, batch_idx, "test")
 
     def on_test_epoch_end(self) -> None:
-        self.on_validation_epoch_end()
+        self._evaluation_epoch_end("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.tokenize(self.images_of(batch))
 
     # ------------------------------------------------------------------ images
-    def _save_grid(self, x: Tensor, x_rec: Tensor) -> None:
+    def _save_grid(self, x: Tensor, x_rec: Tensor, stage: str = "val") -> None:
         if self._trainer is None or self.trainer.sanity_checking:
             return
         # trainer.log_dir broadcasts under DDP: every rank must ask for it, rank 0 writes.
@@ -437,14 +447,15 @@ class Tokenizer(L.LightningModule, abc.ABC):
         if not self.trainer.is_global_zero:
             return
         n = min(self.num_val_images, x.shape[0])
-        grid = make_grid(torch.cat([x[:n], x_rec[:n].clamp(-1, 1)]), nrow=n)
+        grid = make_grid(torch.cat([x[:n], x_rec[:n]]), nrow=n)
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
-                experiment.add_image("val/reconstructions", grid, self.generator_step)
+                experiment.add_image(f"{stage}/reconstructions", grid, self.generator_step)
         # PNGs go into the run's log directory; a run without loggers writes none.
         if log_dir:
-            save_png(grid, Path(log_dir) / "reconstructions" / f"step_{self.generator_step:07d}.png")
+            name = f"step_{self.generator_step:07d}.png" if stage == "val" else f"{stage}_step_{self.generator_step:07d}.png"
+            save_png(grid, Path(log_dir) / "reconstructions" / name)
 
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -455,34 +466,12 @@ class Tokenizer(L.LightningModule, abc.ABC):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from vqzoo.checkpoint import restore_rng
 
-        restore_rng(checkpoint)
+        # Only a resumed run gets its RNG back; loading for inference leaves the caller's alone.
+        if self._trainer is not None:
+            restore_rng(checkpoint)
 
 
 # ---------------------------------------------------------------------- helpers
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """A frozen tokenizer (eval mode, no gradients) from a ``.ckpt`` or an export directory."""
-    from vqzoo.checkpoint import load_model
-
-    model = load_model(path, expected=Tokenizer)
-    model.requires_grad_(False)
-    return model
-
-
-def _built_by_cli() -> bool:
-    """Whether LightningCLI is instantiating this model right now.
-
-    Then Lightning hands ``save_hyperparameters`` the plain parsed config
-    (class paths and init args), so nested parts reload from the checkpoint
-    without pickled objects. A model built in Python keeps its nested modules
-    out of the hyperparameters (their weights are in the state dict); reload it
-    with ``load_from_checkpoint(path, quantizer=..., adversarial=...)`` or use
-    an export directory.
-    """
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return _given_hyperparameters.get() is not None
-
-
 def _build_lpips() -> Any:
     from vqzoo.losses.perceptual import LPIPS
 
@@ -493,30 +482,3 @@ def _ssim(a: Tensor, b: Tensor) -> Tensor:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     return structural_similarity_index_measure(a.float(), b.float(), data_range=1.0)
-
-
-def make_grid(images: Tensor, nrow: int) -> Tensor:
-    """Images in [-1, 1] (N, C, H, W) -> one (3, H', W') grid in [0, 1] with 2-pixel gaps."""
-    images = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    n, c, h, w = images.shape
-    rows = math.ceil(n / nrow)
-    pad = 2
-    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[i]
-    return grid
-
-
-def save_png(grid: Tensor, path: Path | str) -> None:
-    """Write a (3, H, W) [0, 1] tensor as PNG atomically (no partial file on error)."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
