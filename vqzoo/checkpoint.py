@@ -251,3 +251,7 @@ def export_model(model: L.LightningModule, out_dir: str | os.PathLike) -> Path:
         os.replace(os.path.join(tmp, WEIGHTS_NAME), out / WEIGHTS_NAME)
         os.replace(os.path.join(tmp, CONFIG_NAME), out / CONFIG_NAME)
     return out
+
+
+def load(path, expected=None, **overrides):
+    return load_model(path, expected=expected, **overrides)
