@@ -522,7 +522,7 @@ def _resolve_condition(prior: Any, condition: Any) -> Any:
 
     A string of digits is a class id; any other string, for a text-conditioned
     prior, is a caption encoded with vqzoo's caption vocabulary
-    (:class:`vqzoo.data.captions.CaptionVocabulary`) at the prior's text length.
+    (:class:`vqzoo.experiments.te.captions.CaptionVocabulary`) at the prior's text length.
     """
     kind = getattr(prior, "condition", "none")
     if isinstance(condition, str):
@@ -532,7 +532,7 @@ def _resolve_condition(prior: Any, condition: Any) -> Any:
                 raise ValueError(f"this prior is class-conditional; expected a class id, got {condition!r}")
             return int(text)
         if kind == "text":
-            from vqzoo.data.captions import CaptionVocabulary
+            from vqzoo.experiments.te.captions import CaptionVocabulary
 
             vocab = CaptionVocabulary(max_length=prior.text_length)
             if vocab.size != prior.text_vocab_size:

@@ -1,7 +1,11 @@
 """Reproduce tables 1-3 of the TE-VQGAN paper end to end: stage 1, stage 2, evaluation.
 
+The library part of the reproduction; ``benchmarks/reproduce_te.py`` is its
+command line. Configs and results are paths in the repository checkout
+(:data:`ROOT`), so the runner is used from a source checkout.
+
 Paper: W. Shin et al., "Exploration into Translation-Equivariant Image
-Quantization", ICASSP 2023 (../shared/papers/te-vqgan_*.md). Its claims:
+Quantization", ICASSP 2023. Its claims:
 an orthogonal codebook regularizer (TE-VQGAN) makes a VQGAN use far fewer
 codes, maps a digit to the same indices wherever it sits (translation
 equivariance in the quantized space), and a text<->image transformer trained
@@ -12,7 +16,7 @@ What runs, per run r (seeds: stage 1 ``23 + r``, stage 2 ``42 + r``)::
     classifier   configs/experiments/quadrant_classifier.yaml (trained once, or --classifier CKPT)
     stage 1      one VQGAN per tokenizer: SC and Ours (TE-VQGAN); --all-baselines adds CB, MP, MB
     table 3      per tokenizer on the held-out test split: codes used, L1, LPIPS (when the VGG16
-                 weights are present), translation-equivariance rate (vqzoo.metrics.equivariance)
+                 weights are present), translation-equivariance rate (vqzoo.experiments.te.equivariance)
     stage 2      the tokenizer encodes the captioned train and test splits (encode_tokens), then
                  ONE MiniGPT with order="both" learns text->image and image->text (the authors'
                  code also trains one transformer on both directions, alternating them)
@@ -48,7 +52,7 @@ Decisions where the brief and the paper are silent:
   reference's filter_thres 0.9), temperature 1, a torch.Generator seeded with
   the stage-2 seed.
 * Table 3's code usage counts distinct indices over the whole test split
-  (pitfall 10); L1 is mean |x - x_hat| on the [-1, 1] scale; the equivariance
+  (docs/pitfalls.md, pitfall 10); L1 is mean |x - x_hat| on the [-1, 1] scale; the equivariance
   rate uses the first ``equivariance_objects`` test-source digits, drawn in
   colors white/red/green/blue in turn, in each of the four quadrants.
 * An extra diagnostic, ``oracle``: the classifier's accuracy on the tokenizer's
@@ -81,7 +85,6 @@ Writes ``benchmarks/results/te_reproduction_{scale}.md`` and ``.json``.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
@@ -99,7 +102,10 @@ import lightning as L
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from vqzoo.io import atomic_write
+
+#: The repository checkout: vqzoo/experiments/te/runner.py is three levels below it.
+ROOT = Path(__file__).resolve().parents[3]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 # ---------------------------------------------------------------------- the paper's numbers
@@ -426,7 +432,7 @@ def load_perceptual() -> tuple[Any, str | None]:
 
 def equivariance_objects(datamodule: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` test-source objects of a quadrant datamodule and their colors (0,1,2,3,0,...)."""
-    from vqzoo.data.quadrants import load_source_splits
+    from vqzoo.experiments.te.quadrants import load_source_splits
 
     hp = datamodule.hparams
     src = load_source_splits(hp.source, hp.root, hp.download, hp.source_split_seed)
@@ -439,7 +445,7 @@ def stage1_table3(
     tokenizer: Any, datamodule: Any, n_objects: int, perceptual: Any, device: torch.device
 ) -> dict[str, Any]:
     """Table 3 of one tokenizer on the test split of its (stage-1) datamodule."""
-    from vqzoo.metrics.equivariance import stage1_report
+    from vqzoo.experiments.te.equivariance import stage1_report
 
     datamodule.setup("test")
     digits, colors = equivariance_objects(datamodule, n_objects)
@@ -457,7 +463,11 @@ def stage1_table3(
 
 @torch.no_grad()
 def collect_test_items(datamodule: Any, batch_size: int, split: str = "test", limit: int | None = None) -> dict[str, Any]:
-    """Images, caption ids, caption strings and layouts of a captioned split (test: held-out pairs), in order."""
+    """Images, caption ids, caption strings and layouts of a captioned split (test: held-out pairs), in order.
+
+    One :class:`vqzoo.data.batch.Batch` holding the whole split: ``images``,
+    ``text``, ``captions`` and the quadrant metadata ``layout``.
+    """
     from torch.utils.data import DataLoader, Subset
 
     datamodule.setup("test" if split == "test" else "fit")
@@ -467,11 +477,11 @@ def collect_test_items(datamodule: Any, batch_size: int, split: str = "test", li
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     images, text, captions, layouts = [], [], [], []
     for batch in loader:
-        images.append(batch["image"])
+        images.append(batch["images"])
         text.append(batch["text"])
-        captions.extend(batch["caption"])
+        captions.extend(batch["captions"])
         layouts.append(batch["layout"])
-    return {"image": torch.cat(images), "text": torch.cat(text), "caption": captions, "layout": torch.cat(layouts)}
+    return {"images": torch.cat(images), "text": torch.cat(text), "captions": captions, "layout": torch.cat(layouts)}
 
 
 @torch.no_grad()
@@ -487,13 +497,13 @@ def evaluate_prior(
     image_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Table-1 metrics of one prior: text->image (classifier) and image->text (parser) accuracies."""
-    from vqzoo.data.captions import VOCAB
-    from vqzoo.metrics.semantic import image_to_text_accuracy, text_to_image_accuracy
+    from vqzoo.experiments.te.captions import VOCAB
+    from vqzoo.experiments.te.semantic import image_to_text_accuracy, text_to_image_accuracy
 
     prior.to(device).eval()
     tokenizer.to(device).eval()
     classifier.to(device).eval()
-    n = items["image"].shape[0]
+    n = items["images"].shape[0]
     out: dict[str, Any] = {"num_test": n}
     gen = torch.Generator(device=device.type).manual_seed(seed)
     if "t2i" in directions:
@@ -504,7 +514,7 @@ def evaluate_prior(
             tokens = prior.generate(text.shape[0], condition=text, temperature=1.0, top_k=k, generator=gen)
             images.append(tokenizer.detokenize(tokens).clamp(-1, 1).float().cpu())
         generated = torch.cat(images)
-        out["t2i"] = text_to_image_accuracy(generated, items["caption"], classifier)
+        out["t2i"] = text_to_image_accuracy(generated, items["captions"], classifier)
         out["t2i_top_k"] = k
         if image_dir is not None:
             save_grid(generated[:32], image_dir / "t2i_samples.png")
@@ -512,13 +522,13 @@ def evaluate_prior(
         ids = []
         k = top_k_for(prior.text_vocab_size)
         for s in range(0, n, batch_size):
-            tokens = tokenizer.tokenize(items["image"][s : s + batch_size].to(device))
+            tokens = tokenizer.tokenize(items["images"][s : s + batch_size].to(device))
             ids.append(prior.generate_text(tokens, temperature=1.0, top_k=k, generator=gen).cpu())
         ids_t = torch.cat(ids)
         out["i2t"] = image_to_text_accuracy(ids_t, items["layout"])
         out["i2t_top_k"] = k
         out["i2t_examples"] = [
-            {"truth": items["caption"][i], "generated": VOCAB.decode(ids_t[i])} for i in range(min(4, n))
+            {"truth": items["captions"][i], "generated": VOCAB.decode(ids_t[i])} for i in range(min(4, n))
         ]
     return out
 
@@ -527,18 +537,18 @@ def evaluate_prior(
 def reconstruction_oracle(tokenizer: Any, classifier: Any, items: dict[str, Any], device: torch.device,
                           batch_size: int) -> dict[str, float]:
     """Classifier accuracy on the tokenizer's reconstructions of the real test images."""
-    from vqzoo.metrics.semantic import text_to_image_accuracy
+    from vqzoo.experiments.te.semantic import text_to_image_accuracy
 
     tokenizer.to(device).eval()
     rec = []
-    for s in range(0, items["image"].shape[0], batch_size):
-        x = items["image"][s : s + batch_size].to(device)
+    for s in range(0, items["images"].shape[0], batch_size):
+        x = items["images"][s : s + batch_size].to(device)
         rec.append(tokenizer.detokenize(tokenizer.tokenize(x)).clamp(-1, 1).float().cpu())
-    return text_to_image_accuracy(torch.cat(rec), items["caption"], classifier.to(device))
+    return text_to_image_accuracy(torch.cat(rec), items["captions"], classifier.to(device))
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
-    from vqzoo.tokenizers.base import make_grid, save_png
+    from vqzoo.io import make_grid, save_png
 
     if images.numel():
         save_png(make_grid(images, nrow=8), path)
@@ -643,14 +653,10 @@ class Reproduction:
         self.results["elapsed_s"] = round(time.time() - self.started, 1)
         self.results["tables"] = build_tables(self.results)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        json_path = self.out.with_suffix(".json")
-        tmp = json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.results, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, json_path)
-        md = render_markdown(self.results)
-        tmp_md = self.out.with_suffix(".md.tmp")
-        tmp_md.write_text(md)
-        os.replace(tmp_md, self.out.with_suffix(".md"))
+        with atomic_write(self.out.with_suffix(".json"), "w", encoding="utf-8") as f:
+            f.write(json.dumps(self.results, indent=2, default=_json_default) + "\n")
+        with atomic_write(self.out.with_suffix(".md"), "w", encoding="utf-8") as f:
+            f.write(render_markdown(self.results))
 
     # -------------------------------------------------------------- reuse
     def reusable(self, out_dir: Path, signature: dict[str, Any]) -> bool:
@@ -674,10 +680,11 @@ class Reproduction:
         return self.perceptual
 
     def classifier_unit(self) -> Any:
-        from vqzoo.metrics.semantic import load_quadrant_classifier
+        from vqzoo.checkpoint import load
+        from vqzoo.experiments.te.semantic import QuadrantClassifier
 
         if self.opts.classifier:
-            clf = load_quadrant_classifier(self.opts.classifier)
+            clf = load(self.opts.classifier, expected=QuadrantClassifier)
             self.results["classifier"] = {"checkpoint": self.opts.classifier, "trained_here": False}
             return clf
         out_dir = self.work / "classifier"
@@ -688,7 +695,7 @@ class Reproduction:
         signature = {"config": self.spec.classifier_config, "overrides": overrides, "seed": seed}
         self.results["seeds"]["classifier"] = seed
         if self.reusable(out_dir, signature):
-            clf = load_quadrant_classifier(out_dir / "model.ckpt")
+            clf = load(out_dir / "model.ckpt", expected=QuadrantClassifier)
             self.results["classifier"] = {**signature, "checkpoint": str(out_dir / "model.ckpt"), "reused": True}
         else:
             clf, dm, info = fit_config(self.spec.classifier_config, overrides, seed, out_dir, "classifier",
@@ -750,7 +757,7 @@ class Reproduction:
         """Validation pairs (seen (color, position) pairs), as many as the test split has."""
         if self._seen_items is None:
             dm = build_datamodule(self.spec.stage2_data)
-            n = self.test_items()["image"].shape[0]
+            n = self.test_items()["images"].shape[0]
             self._seen_items = collect_test_items(dm, self.spec.eval_batch, split="val", limit=n)
         return self._seen_items
 
@@ -1140,31 +1147,6 @@ def _minutes(seconds: Any) -> str:
     return "?" if seconds is None else f"{float(seconds) / 60:.1f} min"
 
 
-# ---------------------------------------------------------------------- command line
-def parse_args(argv: Sequence[str] | None = None) -> Options:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--all-baselines", action="store_true", help="also CB, MP and MB (table 1)")
-    p.add_argument("--runs", type=int, default=1, help="repetitions with seeds 23+r (stage 1) and 42+r (stage 2)")
-    p.add_argument("--budget-scale", type=float, default=1.0,
-                   help="multiply every training length (train sizes, disc start, warm-up, classifier epochs)")
-    p.add_argument("--stage2-scale", type=float, default=1.0,
-                   help="multiply the stage-2 train pairs (and warm-up) only, on top of --budget-scale")
-    p.add_argument("--no-table2", dest="table2", action="store_false", help="skip the reduced-data priors")
-    p.add_argument("--fashion", action="store_true", help="also the Fashion-MNIST rows of table 3 (stage 1 only)")
-    p.add_argument("--classifier", default=None, help="a trained QuadrantClassifier checkpoint to judge with")
-    p.add_argument("--accelerator", default=None, help="cpu, gpu or auto (default: the scale's)")
-    p.add_argument("--work-dir", type=Path, default=None, help="checkpoints and tokens (default runs/te_reproduction_SCALE)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="results path without suffix (default benchmarks/results/te_reproduction_SCALE)")
-    p.add_argument("--reuse", action="store_true", help="load checkpoints/tokens an earlier run left in the work dir")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--render", type=Path, default=None,
-                   help="only re-render the markdown of an existing results JSON (written beside it)")
-    a = p.parse_args(argv)
-    return Options(**vars(a))
-
-
 def rerender(json_path: Path) -> Path:
     """Rebuild the tables and the markdown of a results JSON (e.g. after a change of layout)."""
     results = json.loads(Path(json_path).read_text())
@@ -1173,15 +1155,3 @@ def rerender(json_path: Path) -> Path:
     md = Path(json_path).with_suffix(".md")
     md.write_text(render_markdown(results))
     return md
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    opts = parse_args(argv)
-    if opts.render is not None:
-        print(f"wrote {rerender(opts.render)}")
-        return 0
-    return Reproduction(opts).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
