@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqzoo.data.captions import (
+from vqzoo.experiments.te.captions import (
     COLORS,
     DIGIT_WORDS,
     FASHION_ITEMS,
@@ -20,7 +20,7 @@ from vqzoo.data.captions import (
     parse_clauses,
     write_caption,
 )
-from vqzoo.data.quadrants import (
+from vqzoo.experiments.te.quadrants import (
     COLOR_RGB,
     HeldOutPairs,
     QuadrantsDataModule,
@@ -31,7 +31,7 @@ from vqzoo.data.quadrants import (
     prepare_tiles,
     quadrant_slices,
 )
-from vqzoo.data.tokens import split_batch
+from vqzoo.data.batch import as_batch
 
 Q = 16  # quadrant side at the reduced scale (S = 32)
 
@@ -196,7 +196,7 @@ def test_each_object_lands_exactly_in_its_quadrant(tiles):
         pool = ds.tiles
         for i in range(len(ds)):
             layout, tile_ids, _ = ds.sample(i)
-            image = ds[i]["image"].numpy().astype(np.float64)
+            image = ds[i]["images"].numpy().astype(np.float64)
             expected = -np.ones((3, 32, 32))
             for p, tid in zip(layout, tile_ids):
                 assert ds.labels[tid] == p.label
@@ -211,12 +211,12 @@ def test_full_tiles_light_exactly_their_quadrant():
     ds = QuadrantsDataset(tiles, np.arange(10), "train", 40, HeldOutPairs.from_seed(None), with_captions=True)
     for i in range(len(ds)):
         item = ds[i]
-        lit = (item["image"] > -1).any(0)
+        lit = (item["images"] > -1).any(0)
         expected = torch.zeros(32, 32, dtype=torch.bool)
         for p in layout_from_tensor(item["layout"]):
             rows, cols = quadrant_slices(p.position, 32)
             expected[rows, cols] = True
-            block = item["image"][:, rows, cols]
+            block = item["images"][:, rows, cols]
             assert torch.equal(block, torch.from_numpy(COLOR_RGB[p.color] * 2 - 1)[:, None, None].expand(3, Q, Q))
         assert torch.equal(lit, expected)
         assert int(item["num_objects"]) == int(lit.sum()) // (Q * Q)
@@ -228,11 +228,11 @@ def test_generation_is_deterministic_per_seed(tiles):
     images_only = make(tiles, "train", seed=5, with_captions=False)
     for i in (0, 17, 299):
         x, y = a[i], b[i]
-        assert torch.equal(x["image"], y["image"]) and x["caption"] == y["caption"]
+        assert torch.equal(x["images"], y["images"]) and x["captions"] == y["captions"]
         assert torch.equal(x["text"], y["text"]) and torch.equal(x["layout"], y["layout"])
-        assert torch.equal(images_only[i]["image"], x["image"])
-        assert set(images_only[i]) == {"image"}
-    assert any(a[i]["caption"] != c[i]["caption"] for i in range(10))
+        assert torch.equal(images_only[i]["images"], x["images"])
+        assert set(images_only[i]) == {"images"}
+    assert any(a[i]["captions"] != c[i]["captions"] for i in range(10))
     assert [a.layout(i) for i in range(20)] != [make(tiles, "val", seed=5).layout(i) for i in range(20)]
     with pytest.raises(IndexError):
         a[300]
@@ -242,8 +242,8 @@ def test_dataset_item_captions_match_layout(tiles):
     ds = make(tiles, "test", size=100)
     for i in range(len(ds)):
         item = ds[i]
-        assert parse_caption(item["caption"]) == layout_from_tensor(item["layout"])
-        assert VOCAB.decode(item["text"]) == item["caption"]
+        assert parse_caption(item["captions"]) == layout_from_tensor(item["layout"])
+        assert VOCAB.decode(item["text"]) == item["captions"]
 
 
 def test_source_splits_are_disjoint(sources):
@@ -258,11 +258,11 @@ def test_datamodule_batches():
                              with_captions=True, batch_size=8)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (8, 3, 32, 32) and batch["text"].shape == (8, MAX_CAPTION_LENGTH)
-    assert batch["layout"].shape == (8, 4, 2) and len(batch["caption"]) == 8
+    assert batch["images"].shape == (8, 3, 32, 32) and batch["text"].shape == (8, MAX_CAPTION_LENGTH)
+    assert batch["layout"].shape == (8, 4, 2) and len(batch["captions"]) == 8
     assert dm.vocab_size == VOCAB_SIZE
-    main, labels, text = split_batch(batch)  # the priors' batch contract
-    assert main is batch["image"] and text is batch["text"] and labels is None
+    checked = as_batch(batch)  # the one batch contract
+    assert checked["images"] is batch["images"] and checked["text"] is batch["text"] and "labels" not in checked
     test_batch = next(iter(dm.test_dataloader()))
     for lay in test_batch["layout"]:
         for p in layout_from_tensor(lay):
@@ -270,7 +270,7 @@ def test_datamodule_batches():
     pairs = [("white", "UL"), ("red", "UR"), ("green", "LL"), ("blue", "LR")] * 2 + [("red", "UL"), ("blue", "UR")]
     stage1 = QuadrantsDataModule(canvas_size=32, train_size=8, batch_size=4, heldout_pairs=pairs)
     assert stage1.heldout.pairs[9] == (3, 1)
-    assert set(next(iter(stage1.train_dataloader()))) == {"image"}
+    assert set(next(iter(stage1.train_dataloader()))) == {"images"}
     crowded = QuadrantsDataModule(canvas_size=32, heldout_pairs=[("white", "UL")] * 5 + [("red", "LR")] * 5)
     with pytest.raises(ValueError, match="distinct"):
         crowded.setup()
@@ -285,6 +285,6 @@ def test_fashion_captions_name_items():
     for i in range(len(ds)):
         item = ds[i]
         layout = layout_from_tensor(item["layout"])
-        assert parse_caption(item["caption"]) == layout
+        assert parse_caption(item["captions"]) == layout
         for p in layout:
-            assert FASHION_ITEMS[p.label] in item["caption"]
+            assert FASHION_ITEMS[p.label] in item["captions"]

@@ -1,11 +1,9 @@
 """TE-VQGAN reproduction: every TE config builds what its header promises, and the
-helpers of benchmarks/reproduce_te.py compute what they claim on tiny inputs."""
+helpers of the runner (vqzoo.experiments.te.runner) compute what they claim on tiny inputs."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +13,9 @@ import yaml
 from torch import nn
 
 from vqzoo.cli import VQZooCLI
-from vqzoo.data.captions import MAX_CAPTION_LENGTH, VOCAB, VOCAB_SIZE
-from vqzoo.data.quadrants import QuadrantsDataModule
+from vqzoo.experiments.te import runner
+from vqzoo.experiments.te.captions import MAX_CAPTION_LENGTH, VOCAB, VOCAB_SIZE
+from vqzoo.experiments.te.quadrants import QuadrantsDataModule
 from vqzoo.priors import MiniGPT
 from vqzoo.quantize import OrthogonalRegularizer
 from vqzoo.tokenizers import VQGAN
@@ -29,12 +28,8 @@ METHODS = {"sc": "strided_conv", "cb": "conv_blurpool", "mp": "maxpool", "mb": "
 
 @pytest.fixture(scope="module")
 def rt():
-    """benchmarks/reproduce_te.py imported as a module."""
-    spec = importlib.util.spec_from_file_location("reproduce_te", ROOT / "benchmarks" / "reproduce_te.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce_te"] = module
-    spec.loader.exec_module(module)
-    return module
+    """The runner behind benchmarks/reproduce_te.py."""
+    return runner
 
 
 def build(path: Path, *extra: str) -> VQZooCLI:
@@ -292,8 +287,8 @@ def test_evaluate_prior_scores_a_perfect_generator(rt):
     dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_stage2_data.yaml",
                              canvas_size=16, train_size=4, val_size=4, test_size=12)
     items = rt.collect_test_items(dm, batch_size=5)
-    assert items["image"].shape == (12, 3, 16, 16) and len(items["caption"]) == 12
-    prior, tok = LookupPrior(items["text"]), LookupTokenizer(items["image"])
+    assert items["images"].shape == (12, 3, 16, 16) and len(items["captions"]) == 12
+    prior, tok = LookupPrior(items["text"]), LookupTokenizer(items["images"])
     prior.vocab_size = 10  # top_k_for(10) == 1: the lookup ignores it, the call must pass it
     res = rt.evaluate_prior(prior, tok, ColorOnlyClassifier(), items, seed=0, device=torch.device("cpu"),
                             batch_size=5)
@@ -304,19 +299,19 @@ def test_evaluate_prior_scores_a_perfect_generator(rt):
     labels = [int(t[p, 1]) for t in items["layout"] for p in range(4) if int(t[p, 0]) >= 0]
     assert math.isclose(res["t2i"]["all/digit"], float(np.mean([lab == 0 for lab in labels])))
     assert sum(res["t2i"][f"{q}/images"] for q in rt.QUADS if f"{q}/images" in res["t2i"]) == 12
-    assert res["i2t_examples"][0]["generated"] == items["caption"][0]
+    assert res["i2t_examples"][0]["generated"] == items["captions"][0]
     oracle = rt.reconstruction_oracle(tok, ColorOnlyClassifier(), items, torch.device("cpu"), batch_size=5)
     assert oracle == res["t2i"]
 
 
 def test_seen_items_come_from_validation_and_never_hold_a_held_out_pair(rt):
-    from vqzoo.data.quadrants import layout_from_tensor
+    from vqzoo.experiments.te.quadrants import layout_from_tensor
 
     dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_stage2_data.yaml",
                              canvas_size=16, train_size=4, val_size=9, test_size=6)
     seen = rt.collect_test_items(dm, batch_size=4, split="val", limit=6)
     test = rt.collect_test_items(dm, batch_size=4)
-    assert seen["image"].shape == test["image"].shape == (6, 3, 16, 16) and len(seen["caption"]) == 6
+    assert seen["images"].shape == test["images"].shape == (6, 3, 16, 16) and len(seen["captions"]) == 6
     held = dm.heldout
     seen_objs = [o for t in seen["layout"] for o in layout_from_tensor(t)]
     test_objs = [o for t in test["layout"] for o in layout_from_tensor(t)]
@@ -328,7 +323,7 @@ def test_stage1_table3_counts_codes_of_an_exact_tokenizer(rt):
     dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_vqgan_sc.yaml",
                              canvas_size=16, train_size=4, val_size=4, test_size=6, batch_size=4)
     dm.setup("test")
-    images = torch.cat([b["image"] for b in dm.test_dataloader()])
+    images = torch.cat([b["images"] for b in dm.test_dataloader()])
     tok = LookupTokenizer(images)
     # equivariance needs a spatial map with an even side: repeat the lookup token on 2x2
     tok.tokenize = lambda x: LookupTokenizer.tokenize(tok, x).expand(-1, 2, 2)

@@ -12,22 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqzoo.data.captions import VOCAB, Placement, parse_caption
-from vqzoo.data.quadrants import COLOR_RGB, HeldOutPairs, QuadrantsDataset, load_source_splits, prepare_tiles
-from vqzoo.metrics.equivariance import (
-    equivariance_rate,
-    equivariance_rate_from_indices,
-    place_in_all_quadrants,
-    quadrant_token_regions,
-    stage1_report,
-)
-from vqzoo.metrics.semantic import (
+from vqzoo.experiments.te.captions import VOCAB, Placement, parse_caption
+from vqzoo.experiments.te.quadrants import COLOR_RGB, HeldOutPairs, QuadrantsDataset, load_source_splits, prepare_tiles
+from vqzoo.checkpoint import load
+from vqzoo.experiments.te.equivariance import equivariance_rate, place_in_all_quadrants, stage1_report
+from vqzoo.metrics.equivariance import equivariance_rate_from_indices, quadrant_token_regions
+from vqzoo.experiments.te.semantic import (
     QuadrantClassifier,
     QuadrantCropDataModule,
     classify_crops,
     crop_quadrants,
     image_to_text_accuracy,
-    load_quadrant_classifier,
     text_to_image_accuracy,
 )
 
@@ -165,8 +160,8 @@ def test_stage1_report_against_direct_computation(sources):
     tok = PoolTokenizer()
     ds = QuadrantsDataset(prepare_tiles(sources.test_images, Q), sources.test_labels, "val", 20,
                           HeldOutPairs.from_seed(None), with_captions=False)
-    batches = [torch.stack([ds[i]["image"] for i in range(j, j + 10)]) for j in (0, 10)]
-    loader = [{"image": b} for b in batches]
+    batches = [torch.stack([ds[i]["images"] for i in range(j, j + 10)]) for j in (0, 10)]
+    loader = [{"images": b} for b in batches]
     report = stage1_report(tok, loader, sources.test_images[:4], 0, S)
     x = torch.cat(batches).double()
     idx = tok.tokenize(x.float())
@@ -204,8 +199,8 @@ def test_set(sources):
     ds = QuadrantsDataset(tiles, sources.test_labels, "test", 60, HeldOutPairs.from_seed(None))
     items = [ds[i] for i in range(len(ds))]
     return {
-        "images": torch.stack([it["image"] for it in items]),
-        "captions": [it["caption"] for it in items],
+        "images": torch.stack([it["images"] for it in items]),
+        "captions": [it["captions"] for it in items],
         "layouts": torch.stack([it["layout"] for it in items]),
         "oracle": OracleClassifier(tiles, sources.test_labels),
     }
@@ -277,7 +272,7 @@ def test_classifier_trains_briefly_and_reloads(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     path = tmp_path / "clf.ckpt"
     trainer.save_checkpoint(path)
-    loaded = load_quadrant_classifier(path)
+    loaded = load(path, expected=QuadrantClassifier)
     x = torch.rand(5, 3, Q, Q) * 2 - 1
     model.eval()
     for a, b in zip(model(x), loaded(x)):
@@ -285,4 +280,4 @@ def test_classifier_trains_briefly_and_reloads(tmp_path):
     with pytest.raises(ValueError, match="crops"):
         loaded(torch.zeros(1, 3, 8, 8))
     with pytest.raises(FileNotFoundError):
-        load_quadrant_classifier(tmp_path / "missing.ckpt")
+        load(tmp_path / "missing.ckpt", expected=QuadrantClassifier)

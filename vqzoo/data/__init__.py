@@ -1,8 +1,8 @@
 """DataModules and datasets.
 
-Only the image sources are imported here; other modules of this package
-(quadrant composites, token datasets, text vocabulary) are imported by their
-own path.
+Only the image sources are imported here; the other modules of this package
+(the batch type, token datasets) are imported by their own path. Datasets of
+one paper's experiment live with it (e.g. :mod:`vqzoo.experiments.te.quadrants`).
 """
 
 from vqzoo.data.images import ImageDataModule, ImageTransform, IndexedDataset

@@ -2,7 +2,7 @@
 
 A prior is a :class:`lightning.LightningModule` that models the distribution of
 a tokenizer's indices. It trains either on token tensors written by
-:func:`vqzoo.data.tokens.encode_tokens` (fast: the tokenizer runs once), or on
+``vqzoo encode`` (:func:`vqzoo.tokenizers.encode.encode_tokens`; fast: the tokenizer runs once), or on
 images through a *frozen tokenizer* given by path (``tokenizer=...``), which
 tokenizes each batch on the fly under ``no_grad`` in eval mode.
 

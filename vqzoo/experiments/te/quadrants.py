@@ -4,7 +4,7 @@ A square canvas of side S is cut into four quadrants UL, UR, LL, LR of side
 q = S/2. One to four objects (MNIST digits or Fashion-MNIST items) are drawn,
 each exactly inside its own quadrant, in one of four colors (white, red,
 green, blue: the object's intensity times the color). Every image comes with a
-caption (see :mod:`vqzoo.data.captions`).
+caption (see :mod:`vqzoo.experiments.te.captions`).
 
 Zero-shot constraint (paper figure 2b): every class label d has one held-out
 (color, position) pair, e.g. white 0 on the upper left. Train and validation
@@ -43,12 +43,13 @@ Decisions where the paper is silent, recorded here:
   val 1, test 2), so nothing but the source tiles is stored and any worker
   can produce any index. Image choices are drawn before caption choices, so
   turning captions on or off never changes the images.
-* **Items.** A sample is a dict: ``image`` (3, S, S) float32 in [-1, 1]
-  (background -1). With captions also ``text`` (L,) int64 caption token ids, ``caption``
-  (str), ``layout`` (4, 2) int64 holding (color, label) per position and -1 for
-  an empty quadrant, and ``num_objects`` (int64). The key names follow
-  :func:`vqzoo.data.tokens.split_batch` (``image`` is the main input,
-  ``text`` the conditioning ids) and the tokenizers' ``batch["image"]``.
+* **Items.** A sample is a dict with the keys of :class:`vqzoo.data.batch.Batch`:
+  ``images`` (3, S, S) float32 in [-1, 1] (background -1). With captions also
+  ``text`` (L,) int64 caption token ids and ``captions`` (str), plus two
+  metadata keys of this dataset: ``layout`` (4, 2) int64 holding (color,
+  label) per position and -1 for an empty quadrant, and ``num_objects``
+  (int64). An item holds several objects, so it has no single ``labels``
+  entry; the labels are in ``layout``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from vqzoo.data.captions import (
+from vqzoo.data.sources import DEFAULT_FASHION_MNIST_ROOT, load_idx, load_mnist5k, mnist5k_split
+from vqzoo.experiments.te.captions import (
     COLORS,
     POSITION_KEYS,
     VOCAB,
@@ -75,7 +77,6 @@ from vqzoo.data.captions import (
     canonical_layout,
     write_caption,
 )
-from vqzoo.data.sources import DEFAULT_FASHION_MNIST_ROOT, load_idx, load_mnist5k, mnist5k_split
 
 __all__ = [
     "COLOR_RGB",
@@ -436,10 +437,10 @@ class QuadrantsDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         layout, tile_ids, caption = self.sample(int(index))
         image = render_canvas(layout, [self.tiles[i] for i in tile_ids], self.canvas_size)
-        item: dict[str, Any] = {"image": torch.from_numpy(image)}
+        item: dict[str, Any] = {"images": torch.from_numpy(image)}
         if caption is not None:
             item["text"] = self.vocabulary.encode(caption)
-            item["caption"] = caption
+            item["captions"] = caption
             item["layout"] = layout_to_tensor(layout)
             item["num_objects"] = torch.tensor(len(layout), dtype=torch.int64)
         return item
@@ -450,8 +451,8 @@ class QuadrantsDataModule(L.LightningDataModule):
     """Train/val/test quadrant data for both stages.
 
     Stage 1 (tokenizers) uses ``with_captions=False``: batches are
-    ``{"image": (B, 3, S, S)}``. Stage 2 (priors) uses ``with_captions=True``:
-    batches add ``text`` (B, L) caption ids, ``caption`` (list of str), ``layout``
+    ``{"images": (B, 3, S, S)}``. Stage 2 (priors) uses ``with_captions=True``:
+    batches add ``text`` (B, L) caption ids, ``captions`` (list of str), ``layout``
     (B, 4, 2) and ``num_objects`` (B,).
 
     Args:
@@ -507,10 +508,6 @@ class QuadrantsDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return self.vocabulary.size
-
-    @property
-    def max_caption_length(self) -> int:
-        return self.vocabulary.max_length
 
     def prepare_data(self) -> None:
         hp = self.hparams

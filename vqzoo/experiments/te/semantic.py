@@ -13,7 +13,8 @@
 The classifier (:class:`QuadrantClassifier`) is a small ResNet with a color
 head (4) and a label head (10), trained on single quadrant crops rendered from
 the source digits (:class:`QuadrantCropDataModule`, configs/experiments/
-quadrant_classifier.yaml) and loaded from its checkpoint by the evaluation.
+quadrant_classifier.yaml) and loaded by the evaluation with
+``vqzoo.checkpoint.load(path, expected=QuadrantClassifier)``.
 
 Decisions where the paper is silent:
 
@@ -40,7 +41,6 @@ Decisions where the paper is silent:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -50,8 +50,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from vqzoo.data.captions import VOCAB, Layout, canonical_layout, parse_caption, parse_clauses
-from vqzoo.data.quadrants import COLOR_RGB, SourceName, layout_from_tensor, load_source_splits, prepare_tiles
+from vqzoo.data.batch import Batch
+from vqzoo.experiments.te.captions import VOCAB, Layout, canonical_layout, parse_caption, parse_clauses
+from vqzoo.experiments.te.quadrants import (
+    COLOR_RGB,
+    SourceName,
+    layout_from_tensor,
+    load_source_splits,
+    prepare_tiles,
+)
 
 __all__ = [
     "QuadrantClassifier",
@@ -60,7 +67,6 @@ __all__ = [
     "classify_crops",
     "crop_quadrants",
     "image_to_text_accuracy",
-    "load_quadrant_classifier",
     "text_to_image_accuracy",
 ]
 
@@ -133,8 +139,8 @@ class QuadrantClassifier(L.LightningModule):
         h = self.stages(self.stem(crops)).mean(dim=(2, 3))
         return self.color_head(h), self.label_head(h)
 
-    def _step(self, batch: tuple[Tensor, Tensor, Tensor], prefix: str) -> Tensor:
-        crops, colors, labels = batch
+    def _step(self, batch: Batch, prefix: str) -> Tensor:
+        crops, colors, labels = batch["images"], batch["colors"], batch["labels"]
         color_logits, label_logits = self(crops)
         loss = F.cross_entropy(color_logits, colors) + F.cross_entropy(
             label_logits, labels, label_smoothing=self.hparams.label_smoothing
@@ -148,14 +154,20 @@ class QuadrantClassifier(L.LightningModule):
                      batch_size=bs, sync_dist=True)
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from vqzoo.checkpoint import checkpoint_meta
+
+        # Names the class, so vqzoo.checkpoint.load reads a checkpoint of a classifier built in Python too.
+        checkpoint["vqzoo"] = checkpoint_meta(self)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -165,21 +177,12 @@ class QuadrantClassifier(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def load_quadrant_classifier(checkpoint_path: str | Path, map_location: str | torch.device = "cpu") -> QuadrantClassifier:
-    """Load a trained :class:`QuadrantClassifier` in eval mode."""
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no quadrant classifier checkpoint at {path}; train one with "
-            "`vqzoo fit --config configs/experiments/quadrant_classifier.yaml`"
-        )
-    model = QuadrantClassifier.load_from_checkpoint(path, map_location=map_location)
-    return model.eval()
-
-
 # ----------------------------------------------------------------- crop data
 class QuadrantCropDataset(Dataset):
-    """Single colored quadrant crops ``(crop (3, q, q) in [-1, 1], color, label)``.
+    """Single colored quadrant crops as :class:`vqzoo.data.batch.Batch` items.
+
+    Item: ``images`` (3, q, q) in [-1, 1], ``labels`` (int64 class id) and the
+    extra key ``colors`` (int64 color id, 0 white, 1 red, 2 green, 3 blue).
 
     With ``augment`` (training) item i is tile i in a random color, shift and
     gain, drawn from torch's global generator (seeded by Lightning per worker).
@@ -210,7 +213,7 @@ class QuadrantCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tiles) if self.augment else 4 * len(self.tiles)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
         if self.augment:
             tile = self.tiles[i]
             color = int(torch.randint(4, ()))
@@ -222,7 +225,7 @@ class QuadrantCropDataset(Dataset):
         else:
             tile, color, label = self.tiles[i // 4], i % 4, self.labels[i // 4]
         crop = tile[None] * self.rgb[color][:, None, None] * 2.0 - 1.0
-        return crop, torch.tensor(color), label
+        return {"images": crop, "labels": label, "colors": torch.tensor(color)}
 
 
 def _shift(tile: Tensor, dy: int, dx: int) -> Tensor:
@@ -240,7 +243,7 @@ class QuadrantCropDataModule(L.LightningDataModule):
 
     Args:
         source: "mnist5k", "mnist" or "fashion_mnist" (see
-            :func:`vqzoo.data.quadrants.load_source_splits`).
+            :func:`vqzoo.experiments.te.quadrants.load_source_splits`).
         root, download, source_split_seed: where and how to load the source.
         canvas_size: S of the quadrant images to be judged; crops are S/2.
         batch_size, num_workers: loader settings.
