@@ -63,7 +63,7 @@ def build_qgvae(overrides: dict[str, Any]) -> torch.nn.Module:
     cfg["model"]["init_args"].update(overrides)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(Tokenizer, "model")
-    return parser.instantiate_classes(parser.parse_object({"model": cfg["model"]})).model
+    return parser.instantiate(parser.parse_object({"model": cfg["model"]})).model
 
 
 def build_vqvae(ch: int, common: dict[str, Any]) -> torch.nn.Module:

@@ -281,12 +281,9 @@ def test_round_trip_shapes_and_validation():
     z = enc(x)
     assert z.shape == (2, 4, 4, 4)
     assert dec(z).shape == x.shape
-    with pytest.raises(ValueError, match="divisible"):
-        enc(torch.randn(1, 3, 15, 16))
-    with pytest.raises(ValueError, match="shape"):
-        enc(torch.randn(1, 1, 16, 16))
-    with pytest.raises(ValueError, match="non-finite"):
-        enc(torch.full((1, 3, 16, 16), float("nan")))
+    # Inputs are checked once, at the tokenizer's door (tests/test_vqgan.py, tests/test_bad_inputs.py):
+    # the inner encoder passes NaN through instead of reading the values back on every call.
+    assert torch.isnan(enc(torch.full((1, 3, 16, 16), float("nan")))).all()
     with pytest.raises(ValueError, match="attn_resolutions"):
         Encoder(**TINY, resolution=16, attn_resolutions=(32,))
 

@@ -77,8 +77,6 @@ def test_unet_shapes_and_discriminator() -> None:
     dec = QGUNet(8, 3, 8, 32, start_channels=16, max_channels=16, num_frequencies=1)
     assert dec.down_resolutions == [8] and dec.up_resolutions == [8, 16, 32]
     assert dec(torch.randn(1, 8, 8, 8)).shape == (1, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"expected input \(B, 3, 32, 32\)"):
-        enc(torch.randn(1, 3, 16, 16))
     disc = QGDiscriminator(3, 16, channels=4, max_channels=8, num_frequencies=1)
     assert disc(torch.randn(2, 3, 16, 16)).shape == (2, 1, 16, 16)
 
@@ -296,7 +294,7 @@ def test_configs_exist_and_build() -> None:
         parser.add_class_arguments(ImageDataModule, "data")
         parsed = parser.parse_object({"model": cfg["model"], "data": cfg["data"]["init_args"]})
         with torch.device("meta"):  # type-check and build without spending time on weights
-            built = parser.instantiate_classes(parsed)
+            built = parser.instantiate(parsed)
         model, data = built.model, built.data
         assert isinstance(model, QGVAE)
         assert (data.resolution, data.channels) == (model.resolution, model.in_channels), path.name

@@ -8,8 +8,11 @@ from typing import Any
 import lightning as L
 
 
-def datamodule_from_yaml(path: str) -> L.LightningDataModule:
-    """Build the DataModule of a YAML file with a ``data:`` section (class_path + init_args) or a bare one."""
+def datamodule_from_yaml(path: str, **init_overrides: Any) -> L.LightningDataModule:
+    """Build the DataModule of a YAML file with a ``data:`` section (class_path + init_args) or a bare one.
+
+    ``init_overrides`` replace entries of its ``init_args``.
+    """
     import yaml
     from jsonargparse import ArgumentParser
 
@@ -19,11 +22,13 @@ def datamodule_from_yaml(path: str) -> L.LightningDataModule:
     cfg = yaml.safe_load(file.read_text())
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a YAML mapping with a `data:` section")
-    cfg = cfg.get("data", cfg)
+    cfg = dict(cfg.get("data", cfg))
+    if init_overrides:
+        cfg["init_args"] = {**dict(cfg.get("init_args") or {}), **init_overrides}
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningDataModule, "data")
     parsed = parser.parse_object({"data": cfg})
-    return parser.instantiate_classes(parsed).data
+    return parser.instantiate(parsed).data
 
 
 def split_loader(dm: L.LightningDataModule, split: str) -> Any:

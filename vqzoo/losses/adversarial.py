@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqzoo.config import Configurable
+from vqzoo.quantize.distributed import all_reduce_mean_
 
 __all__ = [
     "AdversarialLoss",
@@ -348,11 +349,8 @@ class AdversarialLoss(Configurable, nn.Module):
 
     @torch.no_grad()
     def _update_lecam_ema(self, mean_real: torch.Tensor, mean_fake: torch.Tensor) -> None:
-        means = torch.stack([mean_real, mean_fake]).float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Every rank calls this with the same shape, so the collective cannot hang.
-            torch.distributed.all_reduce(means)
-            means /= torch.distributed.get_world_size()
+        # Every rank calls this with the same shape, so the collective cannot hang.
+        means = all_reduce_mean_(torch.stack([mean_real, mean_fake]).float())
         d = self.lecam_decay
         self.lecam_ema_real.mul_(d).add_((1 - d) * means[0])
         self.lecam_ema_fake.mul_(d).add_((1 - d) * means[1])

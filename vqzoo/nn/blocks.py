@@ -75,11 +75,6 @@ def conv3x3(in_channels: int, out_channels: int, padding: Padding = "zeros", str
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, padding_mode=padding)
 
 
-def _check_channels(name: str, x: Tensor, channels: int) -> None:
-    if x.ndim != 4 or x.shape[1] != channels:
-        raise ValueError(f"{name} expected input of shape (B, {channels}, H, W), got {tuple(x.shape)}")
-
-
 class ResnetBlock(nn.Module):
     """Pre-activation residual block: norm, swish, conv3x3, norm, swish, dropout, conv3x3.
 
@@ -118,7 +113,6 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, zq: Tensor | None = None) -> Tensor:
-        _check_channels("ResnetBlock", x, self.in_channels)
         h = self.conv1(F.silu(apply_norm(self.norm1, x, zq)))
         h = self.conv2(self.dropout(F.silu(apply_norm(self.norm2, h, zq))))
         return self.nin_shortcut(x) + h
@@ -146,7 +140,6 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
 
     def forward(self, x: Tensor, zq: Tensor | None = None) -> Tensor:
-        _check_channels("AttnBlock", x, self.channels)
         b, c, h, w = x.shape
         n = apply_norm(self.norm, x, zq)
 

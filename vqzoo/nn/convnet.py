@@ -194,17 +194,6 @@ class Encoder(nn.Module):
         self.conv_out = conv3x3(block_in, z_channels, padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"Encoder expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"Encoder expected a floating-point image tensor, got dtype {x.dtype}")
-        f = self.downsample_factor
-        if x.shape[-2] % f or x.shape[-1] % f:
-            raise ValueError(
-                f"Encoder expected H and W divisible by the downsampling factor {f}, got {tuple(x.shape[-2:])}"
-            )
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("Encoder received non-finite values (NaN or inf) in its input")
         h = self.conv_in(x)
         for stage in self.down:
             h = stage(h)
@@ -283,17 +272,11 @@ class Decoder(nn.Module):
         return self.conv_out.weight
 
     def forward(self, h: Tensor, zq: Tensor | None = None) -> Tensor:
-        if h.ndim != 4 or h.shape[1] != self.z_channels:
-            raise ValueError(f"Decoder expected a latent of shape (B, {self.z_channels}, h, w), got {tuple(h.shape)}")
         if self.conditional:
             if zq is None:
                 raise ValueError(
                     f"this Decoder is conditioned (zq_channels={self.zq_channels}); pass the quantized map "
                     f"zq of shape (B, {self.zq_channels}, h, w)"
-                )
-            if zq.ndim != 4 or zq.shape[1] != self.zq_channels or zq.shape[0] != h.shape[0]:
-                raise ValueError(
-                    f"Decoder expected zq of shape ({h.shape[0]}, {self.zq_channels}, h, w), got {tuple(zq.shape)}"
                 )
         else:
             zq = None

@@ -51,7 +51,6 @@ from torch import Tensor, nn
 __all__ = [
     "TRANSFORMER_PRESETS",
     "Block",
-    "CausalSelfAttention",
     "KVCache",
     "MLP",
     "SelfAttention",
@@ -221,15 +220,6 @@ class SelfAttention(nn.Module):
                 )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.c_proj(y))
-
-
-class CausalSelfAttention(SelfAttention):
-    """:class:`SelfAttention` with ``causal=True`` (the minGPT name)."""
-
-    def __init__(
-        self, n_embd: int, n_head: int, attn_pdrop: float = 0.0, resid_pdrop: float = 0.0
-    ) -> None:
-        super().__init__(n_embd, n_head, True, attn_pdrop, resid_pdrop)
 
 
 class MLP(nn.Module):

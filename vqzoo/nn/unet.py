@@ -235,9 +235,6 @@ class QGUNet(nn.Module):
         return torch.cat([x, grid.unsqueeze(0).expand(b, -1, -1, -1)], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        expected = (self.in_channels, self.in_resolution, self.in_resolution)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"QGUNet expected input (B, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}")
         cond_full = self.conditioning(x)
         cond_at: dict[int, Tensor] = {}
 

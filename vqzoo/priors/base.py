@@ -241,6 +241,15 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         self.tokenizer_path = tokenizer
         # Bypass nn.Module registration on purpose (see the module docstring).
         object.__setattr__(self, "_frozen_tokenizer", None)
+        self._value_checks_done = False  # per process: the first training batch's values are checked
+
+    def values_check_due(self) -> bool:
+        """Whether input values (id ranges) are checked now: outside training, and on the first training batch.
+
+        Shapes and dtypes are checked on every call; values only at the door,
+        because reading them back would stall the GPU on every training step.
+        """
+        return not self.training or not self._value_checks_done
 
     def build_trunk(self, max_len: int, causal: bool) -> Transformer:
         """The transformer trunk of the configured size and dropouts."""
@@ -276,7 +285,7 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
             raise ValueError(
                 f"class labels must have shape ({n},) (one class id per sample), got {tuple(labels.shape)}{hint}"
             )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        if labels.numel() and self.values_check_due() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
             raise ValueError(
                 f"class labels must be in [0, {num_classes}), got values in "
                 f"[{int(labels.min())}, {int(labels.max())}]"
@@ -428,6 +437,7 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         pb = self.prepare_batch(batch)
         loss, logs = self.compute_loss(pb)
+        self._value_checks_done = True
         bs = pb.tokens.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in logs.items():
@@ -533,7 +543,7 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
                 f"got {tuple(tokens.shape)}"
             )
         tokens = tokens.long()
-        if tokens.numel():
+        if tokens.numel() and self.values_check_due():
             bad = (tokens < 0) | (tokens >= self.vocab_size)
             for extra in allow_extra:
                 bad &= tokens != extra

@@ -22,14 +22,18 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks; a no-op in a single process."""
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place mean over ranks; a no-op in a single process."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
     return tensor
 
 

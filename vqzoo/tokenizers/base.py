@@ -84,7 +84,11 @@ class Tokenizer(L.LightningModule, abc.ABC):
         max_generator_steps: stop training after this many generator steps
             (Lightning's ``max_steps`` counts discriminator steps too).
         max_nonfinite_steps: consecutive non-finite losses tolerated before stopping.
-        check_inputs: validate every batch (shape, dtype, finiteness, range).
+        check_inputs: validate inputs at the door: shape and dtype on every
+            call; values (finite, in [-1, 1]) on the first training batch of
+            each process and on every call outside training. Values are not
+            re-checked on later training steps because reading them would
+            stall the GPU each step; a non-finite loss is caught by the guard.
         num_val_images: images shown in the validation grid.
     """
 
@@ -157,6 +161,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
         self.max_generator_steps = max_generator_steps
         self.max_nonfinite_steps = max_nonfinite_steps
         self.check_inputs = check_inputs
+        self._value_checks_done = False  # per process: the first training batch's values are checked
         self.num_val_images = num_val_images
         self.register_buffer("_generator_step", torch.zeros((), dtype=torch.long))
         self.register_buffer("_nonfinite_in_a_row", torch.zeros((), dtype=torch.long))
@@ -198,8 +203,8 @@ class Tokenizer(L.LightningModule, abc.ABC):
             return (side, side, self.quantizer.num_channels)
         return (side, side)
 
-    def check_images(self, x: Tensor) -> None:
-        """Reject anything but float images (B, in_channels, H, W) in [-1, 1] of an accepted size."""
+    def check_images(self, x: Tensor, values: bool = True) -> None:
+        """Reject anything but float images (B, in_channels, H, W) of an accepted size (and, with ``values``, finite in [-1, 1])."""
         if not isinstance(x, Tensor):
             raise ValueError(f"{type(self).__name__} expects images as a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -222,6 +227,8 @@ class Tokenizer(L.LightningModule, abc.ABC):
             raise ValueError(f"{type(self).__name__} expects images of shape {expected}, got {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError(f"{type(self).__name__} received an empty batch of shape {tuple(x.shape)}")
+        if not values:
+            return
         lo, hi = torch.aminmax(x.detach())
         if not (torch.isfinite(lo) and torch.isfinite(hi)):
             raise ValueError(f"{type(self).__name__} received NaN or Inf pixels; expected finite images in [-1, 1]")
@@ -230,10 +237,17 @@ class Tokenizer(L.LightningModule, abc.ABC):
                 f"{type(self).__name__} expects images in [-1, 1], got values in [{float(lo):.3g}, {float(hi):.3g}]"
             )
 
+    def _check_door(self, x: Tensor) -> None:
+        if not self.check_inputs:
+            return
+        values = not self.training or not self._value_checks_done
+        self.check_images(x, values=values)
+        if self.training:
+            self._value_checks_done = True
+
     def forward(self, x: Tensor) -> tuple[Tensor, QuantizerOutput]:
         """Reconstruct ``x``: encode, quantize, (training: latent_transform), decode."""
-        if self.check_inputs:
-            self.check_images(x)
+        self._check_door(x)
         q = self.quantizer(self.encode(x))
         quantized = self.latent_transform(q.quantized) if self.training else q.quantized
         return self.decode(quantized), q
@@ -241,8 +255,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
     @torch.no_grad()
     def tokenize(self, x: Tensor) -> Tensor:
         """Images -> token indices (int64) in the quantizer's index layout."""
-        if self.check_inputs:
-            self.check_images(x)
+        self._check_door(x)
         return self.quantizer(self.encode(x)).indices
 
     def detokenize(self, indices: Tensor) -> Tensor:

@@ -396,15 +396,10 @@ def fit_config(
 
 def build_datamodule(config: str, **init_overrides: Any) -> Any:
     """The ``data:`` section of a YAML (class_path + init_args), instantiated with overrides."""
-    from jsonargparse import ArgumentParser
+    from vqzoo.cli.common import datamodule_from_yaml
 
-    cfg = read_yaml(config)
-    data = dict(cfg.get("data", cfg))
-    data["init_args"] = {**dict(data.get("init_args") or {}), **init_overrides}
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(L.LightningDataModule, "data")
-    parsed = parser.parse_object({"data": data})
-    return parser.instantiate_classes(parsed).data
+    path = Path(config)
+    return datamodule_from_yaml(str(path if path.is_absolute() else ROOT / path), **init_overrides)
 
 
 def resolve_device(accelerator: str) -> torch.device:
