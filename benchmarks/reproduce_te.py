@@ -1,7 +1,7 @@
 """Reproduce tables 1-3 of the TE-VQGAN paper end to end: stage 1, stage 2, evaluation.
 
 Paper: W. Shin et al., "Exploration into Translation-Equivariant Image
-Quantization", ICASSP 2023 (../shared/papers/te-vqgan_*.md). Its claims:
+Quantization", ICASSP 2023 (docs/papers.md). Its claims:
 an orthogonal codebook regularizer (TE-VQGAN) makes a VQGAN use far fewer
 codes, maps a digit to the same indices wherever it sits (translation
 equivariance in the quantized space), and a text<->image transformer trained
@@ -48,7 +48,7 @@ Decisions where the brief and the paper are silent:
   reference's filter_thres 0.9), temperature 1, a torch.Generator seeded with
   the stage-2 seed.
 * Table 3's code usage counts distinct indices over the whole test split
-  (pitfall 10); L1 is mean |x - x_hat| on the [-1, 1] scale; the equivariance
+  (docs/pitfalls.md #10); L1 is mean |x - x_hat| on the [-1, 1] scale; the equivariance
   rate uses the first ``equivariance_objects`` test-source digits, drawn in
   colors white/red/green/blue in turn, in each of the four quadrants.
 * An extra diagnostic, ``oracle``: the classifier's accuracy on the tokenizer's

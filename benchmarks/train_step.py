@@ -2,7 +2,7 @@
 
 What is compared
 ----------------
-The TE-VQGAN stage-1 architecture (reference-implementations.md, section A) at
+The TE-VQGAN stage-1 architecture (docs/reference-implementations.md §A) at
 reduced width so that it runs on a CPU: 64x64 RGB, ``ch_mult (1, 2, 2)``,
 ``num_res_blocks 1``, ``attn_resolutions [16]``, ``z_channels 256``, a codebook
 of 128 codes x 256 dims, and ``ch`` 64 by default (the paper uses 128). Both

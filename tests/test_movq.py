@@ -215,7 +215,7 @@ def test_tiny_movq_trains_through_lightning_on_cpu():
             losses.append(float(trainer.callback_metrics["train/reconstruction"]))
 
     # One batch per epoch and max_epochs (not max_steps: Lightning's global_step counts the
-    # discriminator's optimizer steps too, pitfall 12).
+    # discriminator's optimizer steps too, docs/pitfalls.md #12).
     trainer = L.Trainer(max_epochs=30, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         callbacks=[Record()])

@@ -9,7 +9,7 @@ subclass mode (``model: {class_path: ..., init_args: ...}``). Extra commands:
 
 Defaults a user of the field expects: a rich progress bar, TensorBoard and
 CSV logs under ``runs/``, a ``last.ckpt`` checkpoint, and the config saved
-with each run (overwriting a previous one, pitfall 16).
+with each run (overwriting a previous one, docs/pitfalls.md #16).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Decisions:
   arrangement, so equivariance is undefined for them and they are rejected.
 * The stage-1 report's L1 is ``mean |x - x_hat|`` on the [-1, 1] image scale
   the tokenizers train on; code usage is the number of distinct indices seen
-  on the whole evaluation set (pitfall 10: not a sliding window).
+  on the whole evaluation set (docs/pitfalls.md #10: not a sliding window).
 """
 
 from __future__ import annotations

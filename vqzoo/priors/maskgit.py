@@ -4,7 +4,7 @@ MoVQ's second stage (the MoVQ paper, Fig. 2 right) is a MaskGIT over
 *multichannel* tokens: each spatial position carries ``M`` codes from one
 shared codebook of ``vocab_size`` codes. The MoVQ authors released no prior
 code and the MaskGIT reference handles one code per position only
-(``reference-implementations.md``), so the multichannel design below is
+(docs/reference-implementations.md "MaskGIT"), so the multichannel design below is
 vqzoo's own.
 
 Token layouts

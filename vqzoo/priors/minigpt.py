@@ -37,7 +37,7 @@ and i2t, which lets ``order="both"`` train one model for both directions (the
 reference uses separate learned text and fixed 2-D image tables for the same
 reason).
 
-Losses (TE stage 2, ``reference-implementations.md`` §A)
+Losses (TE stage 2, docs/reference-implementations.md §A)
 --------------------------------------------------------
 ``loss = (condition_loss_weight * CE_condition + image_loss_weight * CE_target)
 / (condition_loss_weight + image_loss_weight)``, defaults 1 and 7, so t2i is

@@ -6,15 +6,15 @@ the rest: input checks, quantization, the losses, GAN training with manual
 optimization, codebook reset hooks, validation metrics, image grids,
 tokenize/detokenize and export.
 
-Training-loop decisions (see DESIGN.md):
+Training-loop decisions (see docs/DESIGN.md):
 
 * Lightning manual optimization with a generator optimizer and, when an
   adversarial loss is configured, a discriminator optimizer. Gradients are
   clipped through ``self.clip_gradients`` and schedulers stepped explicitly
   (``gradient_clip_val`` and ``accumulate_grad_batches`` do not apply to
-  manual optimization, pitfall 13).
+  manual optimization, docs/pitfalls.md #13).
 * ``generator_step`` is our own counter (a buffer, so it is in checkpoints):
-  Lightning's ``global_step`` counts both optimizers (pitfall 12), so the
+  Lightning's ``global_step`` counts both optimizers (docs/pitfalls.md #12), so the
   discriminator start, the schedule and logging all use generator steps.
 * Each step: the generator loss is ``reconstruction + codebook_weight · vq +
   adversarial``; backward; ``quantizer.after_backward()`` (gradient-magnitude

@@ -65,7 +65,7 @@ class MoVQ(Tokenizer):
     ``post_quant_conv``; the decoder input is ``post_quant_conv(zq)`` and every
     SpatialNorm (ResnetBlock norms, attention norms in the mid and up blocks,
     ``norm_out``) receives ``zq`` itself, resized by nearest-neighbour
-    interpolation (reference-implementations.md, section C). ``decode`` does
+    interpolation (docs/reference-implementations.md §C). ``decode`` does
     both, so :meth:`detokenize` (``decode(quantizer.lookup(indices))``) passes
     ``zq`` exactly as the training forward does. In training ``zq`` carries the
     quantizer's straight-through gradient, so the encoder also learns through
@@ -74,7 +74,7 @@ class MoVQ(Tokenizer):
 
     **Multichannel quantization: design choices** (the paper's text on it did
     not survive in our copy and no public code implements it, see
-    reference-implementations.md C "Not found anywhere"; what follows is
+    docs/reference-implementations.md §C "Not found anywhere"; what follows is
     vqzoo's design, made from the abstract and the figure captions):
 
     * *Split.* ``quant_conv`` maps the encoder output to ``M * D`` channels,
@@ -92,7 +92,7 @@ class MoVQ(Tokenizer):
     * *Loss.* No per-channel term is added: the quantizer's commitment and
       codebook losses are means over all ``M * D`` elements, which equals the
       equal-weight average of the M per-channel losses (every chunk has the
-      same size). β = 0.25 sits on the commitment term (pitfall 1).
+      same size). β = 0.25 sits on the commitment term (docs/pitfalls.md #1).
     * *Condition.* SpatialNorm sees all M chunks concatenated, so its 1x1
       convs predict the modulation from the whole M-tuple of codes at a
       position, not from one code.
