@@ -114,33 +114,12 @@ class MoVQ(Tokenizer):
       reconstruction; both are accepted.
 
     **Loss recipes** (both are configuration of the base; nothing here is
-    recipe-specific). The reference recipe (SBER-MoVQGAN, section C):
-    ``(x - x̂)² + 0.1·LPIPS``, a hinge PatchGAN with 2 layers and a *fixed*
-    generator weight 0.1 from the first step::
-
-        model:
-          class_path: vqzoo.tokenizers.movq.MoVQ
-          init_args:
-            reconstruction_loss: l2
-            perceptual_weight: 0.1
-            adversarial:
-              class_path: vqzoo.losses.adversarial.AdversarialLoss
-              init_args:
-                discriminator:
-                  class_path: vqzoo.losses.adversarial.NLayerDiscriminator
-                  init_args: {in_channels: 3, n_layers: 2}
-                adaptive: false
-                disc_weight: 0.1
-                disc_start: 0
-                loss: hinge
-
-    The VQGAN recipe (taming): ``|x - x̂| + 1.0·LPIPS`` and the adaptive weight::
-
-            reconstruction_loss: l1
-            perceptual_weight: 1.0
-            adversarial:
-              class_path: vqzoo.losses.adversarial.AdversarialLoss
-              init_args: {adaptive: true, disc_weight: 0.8, disc_start: 30001}
+    recipe-specific) are partial configs to layer over a MoVQ config
+    (``vqzoo fit --config configs/tokenizers/movq_ffhq256.yaml --config RECIPE``):
+    ``configs/recipes/movq_loss_reference.yaml``, the reproduced code's
+    ``(x - x̂)² + 0.1·LPIPS`` with a 2-layer hinge PatchGAN at a fixed weight
+    0.1 from the first step, and ``configs/recipes/movq_loss_vqgan.yaml``,
+    taming's ``|x - x̂| + 1.0·LPIPS`` with the adaptive weight.
 
     The reproduced code uses taming's legacy β placement (β on the codebook
     term); vqzoo keeps β on the commitment term. ``quantizer.init_args:
