@@ -285,9 +285,9 @@ def single_device_overrides(cfg: dict[str, Any], kind: str) -> tuple[list[str], 
         args += ["--data.init_args.batch_size", str(int(batch) * world)]
         notes.append(f"batch {batch} x {world} devices -> {int(batch) * world} on one device")
     if kind == "tokenizer" and _get(cfg, "model.init_args.scale_lr") == "linear":
-        lr = float(_get(cfg, "model.init_args.learning_rate"))
-        args += ["--model.init_args.learning_rate", repr(lr * world)]
-        notes.append(f"scale_lr linear: learning_rate {lr} x {world} -> {lr * world} on one device")
+        lr = float(_get(cfg, "model.init_args.optimizer.init_args.lr"))
+        args += ["--model.init_args.optimizer.init_args.lr", repr(lr * world)]
+        notes.append(f"scale_lr linear: optimizer lr {lr} x {world} -> {lr * world} on one device")
     return args, notes
 
 

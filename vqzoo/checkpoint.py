@@ -122,7 +122,11 @@ def _instantiate(cls: type, config: dict[str, Any], overrides: dict[str, Any]) -
     """Build ``cls`` from plain config (nested ``class_path``/``init_args`` dicts) plus overrides."""
     from jsonargparse import ArgumentParser
 
-    config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path") and k not in overrides}
+    from vqzoo.optim import upgrade_legacy_config
+
+    # checkpoints and exports from before injected optimizers still load
+    config = upgrade_legacy_config({k: v for k, v in config.items() if k not in ("_instantiator", "_class_path")})
+    config = {k: v for k, v in config.items() if k not in overrides}
     config = copy.deepcopy(config)  # jsonargparse turns nested dicts into Namespaces in place
     parser = ArgumentParser(exit_on_error=False)
     # instantiate=False: nested parts are built, the model itself is built below with overrides

@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+
+class _Parser(LightningArgumentParser):
+    """Names the replacement when a config uses the optimizer keys that injected optimizers replaced."""
+
+    def error(self, message: str, *args: Any, **kwargs: Any) -> Any:
+        from vqzoo.optim import legacy_hint
+
+        hint = legacy_hint(message)
+        return super().error(f"{message}\n{hint}" if hint else message, *args, **kwargs)
 
 
 class VQZooCLI(LightningCLI):
@@ -47,6 +57,7 @@ class VQZooCLI(LightningCLI):
             args=args,
             run=run,
             auto_configure_optimizers=False,
+            parser_class=_Parser,
         )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
