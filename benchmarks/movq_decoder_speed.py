@@ -4,7 +4,7 @@ Both sides run the same work, from the quantized map ``zq`` to the image:
 ``post_quant_conv(zq)`` and the SpatialNorm decoder conditioned on ``zq``
 (vqzoo: ``MoVQ.decode(zq)``; diffusers: ``decoder(post_quant_conv(zq), zq)``,
 what ``VQModel.decode`` runs after its quantizer). The configuration is the
-MoVQ/Kandinsky one (reference-implementations.md C; diffusers'
+MoVQ/Kandinsky one (docs/reference-implementations.md §C; diffusers'
 ``MOVQ_CONFIG``): channels (128, 256, 256, 512), 2 layers per block (3 in
 the decoder), 4 latent channels, 4-dim codes, 16384 codes, attention at the
 lowest level (diffusers ``AttnUpDecoderBlock2D`` first; vqzoo

@@ -55,6 +55,7 @@ if str(ROOT) not in sys.path:
 
 from vqzoo.data.sources import DEFAULT_FASHION_MNIST_ROOT, load_idx  # noqa: E402
 from vqzoo.nn.convnet import Encoder  # noqa: E402
+from vqzoo.optim import spec  # noqa: E402
 from vqzoo.quantize import VectorQuantizer  # noqa: E402
 from vqzoo.tokenizers.base import Tokenizer  # noqa: E402
 from vqzoo.tokenizers.movq import MoVQ  # noqa: E402
@@ -65,7 +66,8 @@ WIDTH = 16  # channels of the quantized map, equal for all three models
 
 def arch(args: argparse.Namespace) -> dict:
     return dict(in_channels=1, resolution=32, ch=args.ch, ch_mult=(1, 2, 2), num_res_blocks=1,
-                attn_resolutions=(8,), reconstruction_loss="l2", learning_rate=args.lr, check_inputs=False)
+                attn_resolutions=(8,), reconstruction_loss="l2",
+                optimizer=spec("torch.optim.Adam", lr=args.lr, betas=(0.5, 0.9)), check_inputs=False)
 
 
 def build(name: str, args: argparse.Namespace, encoder_state: dict) -> Tokenizer:

@@ -183,7 +183,9 @@ def main() -> None:
         source="fashion_mnist_idx", resolution=32, channels=1, batch_size=args.batch_size, seed=args.seed
     )
     datamodule.setup("fit")
-    common = dict(optimizer="adamw", learning_rate=args.lr, betas=(0.9, 0.999), weight_decay=0.01)
+    from vqzoo.optim import spec
+
+    common = dict(optimizer=spec("torch.optim.AdamW", lr=args.lr, betas=(0.9, 0.999), weight_decay=0.01))
 
     torch.manual_seed(args.seed)
     qg = build_qgvae(common)

@@ -2,7 +2,7 @@
 
 What is compared
 ----------------
-The TE-VQGAN stage-1 architecture (reference-implementations.md, section A) at
+The TE-VQGAN stage-1 architecture (docs/reference-implementations.md §A) at
 reduced width so that it runs on a CPU: 64x64 RGB, ``ch_mult (1, 2, 2)``,
 ``num_res_blocks 1``, ``attn_resolutions [16]``, ``z_channels 256``, a codebook
 of 128 codes x 256 dims, and ``ch`` 64 by default (the paper uses 128). Both
@@ -193,6 +193,7 @@ class VqzooStep:
 
     def __init__(self, cfg: Config, scenario: str, device: torch.device, dtype: str) -> None:
         from vqzoo.losses.adversarial import AdversarialLoss, NLayerDiscriminator
+        from vqzoo.optim import spec
         from vqzoo.quantize import VectorQuantizer
         from vqzoo.tokenizers.vqgan import VQGAN
 
@@ -206,7 +207,7 @@ class VqzooStep:
             num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions,
             z_channels=cfg.z_channels, dropout=0.0, downsample="strided_conv", replicate_padding=False,
             reconstruction_loss="l1", perceptual_weight=0.0, codebook_weight=1.0, adversarial=adversarial,
-            optimizer="adam", learning_rate=cfg.learning_rate, betas=cfg.betas,
+            optimizer=spec("torch.optim.Adam", lr=cfg.learning_rate, betas=cfg.betas),
         ).to(device).train()
         self.device, self.dtype = device, dtype
         self.optimizers, self.schedulers = self.model.configure_optimizers()

@@ -42,7 +42,7 @@ def test_fit_validate_export_and_reload(run_dir: Path) -> None:
         assert torch.equal(from_ckpt(x)[0], from_export(x)[0])
         assert torch.equal(from_ckpt.tokenize(x), from_export.tokenize(x))
 
-    # a second fit into the same directory overwrites the saved config (pitfall 16)
+    # a second fit into the same directory overwrites the saved config (docs/pitfalls.md #16)
     main(["fit", "--config", CONFIG, "--trainer.default_root_dir", "runs/t", "--trainer.limit_train_batches", "1"])
 
 

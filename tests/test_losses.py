@@ -212,7 +212,7 @@ def test_normalize_features_finite_gradient_at_zero_where_lpips_gives_nan():
     assert torch.isfinite(h.grad).all()
     h2 = torch.zeros(1, 4, 2, 2, requires_grad=True)
     lpips.normalize_tensor(h2).pow(2).sum().backward()
-    assert torch.isnan(h2.grad).any()  # the pitfall this guards against
+    assert torch.isnan(h2.grad).any()  # docs/pitfalls.md #14, the pitfall this guards against
     v = torch.randn(3, 5, 2, 2, dtype=torch.float64)
     expected = v / v.pow(2).sum(1, keepdim=True).sqrt()
     torch.testing.assert_close(normalize_features(v), expected, rtol=1e-8, atol=1e-12)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from vqzoo.optim import spec
 from vqzoo.priors import MaskGIT, PriorBatch
 from vqzoo.priors.schedules import mask_ratio
 
@@ -181,7 +182,8 @@ def test_tiny_maskgit_learns_a_two_mode_multichannel_distribution():
     idx = torch.arange(2 * 2 * 2).view(2, 2, 2)
     modes = torch.stack([idx % V, (idx * 5 + 3) % V])  # two deterministic patterns (H, W, M)
     torch.manual_seed(0)
-    m = MaskGIT(vocab_size=V, token_shape=[2, 2, 2], label_smoothing=0.0, lr=3e-3, weight_decay=0.0, **TINY)
+    m = MaskGIT(vocab_size=V, token_shape=[2, 2, 2], label_smoothing=0.0,
+                optimizer=spec("torch.optim.AdamW", lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0), **TINY)
     opt = m.configure_optimizers()
     m.train()
     for step in range(150):

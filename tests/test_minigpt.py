@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -167,7 +168,7 @@ def test_filter_logits_hand_example():
 
 def _fit(m, batches, steps, lr=3e-3):
     torch.manual_seed(0)
-    m.lr = lr
+    m.optimizer_factory = functools.partial(torch.optim.AdamW, lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     opt = m.configure_optimizers()
     m.train()
     for step in range(steps):
@@ -267,9 +268,9 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_weight_decay_only_on_linear_weights_and_lr_schedule():
     m = MiniGPT(vocab_size=8, token_shape=[4], warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1, total_steps=110, **TINY)
-    decay, no_decay = m.parameter_groups()
+    decay, no_decay = m.configure_optimizers()["optimizer"].param_groups
     linear = {id(mod.weight) for mod in m.modules() if isinstance(mod, torch.nn.Linear)}
-    assert {id(p) for p in decay["params"]} == linear and decay["weight_decay"] == 0.1
+    assert {id(p) for p in decay["params"]} == linear and decay["weight_decay"] == 0.1  # the default AdamW's
     assert no_decay["weight_decay"] == 0.0
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
     assert any(p is m.tok_emb.weight for p in no_decay["params"])

@@ -12,6 +12,7 @@ from torch import nn
 
 from vqzoo.losses.adversarial import AdversarialLoss, NLayerDiscriminator
 from vqzoo.nn.spatial_norm import SpatialNorm
+from vqzoo.optim import spec
 from vqzoo.quantize import VectorQuantizer
 from vqzoo.tokenizers.movq import MoVQ
 
@@ -204,7 +205,7 @@ def test_tiny_movq_trains_through_lightning_on_cpu():
     disc = NLayerDiscriminator(in_channels=1, ndf=8, n_layers=1, norm="group")
     adv = AdversarialLoss(disc, disc_start=0, disc_weight=0.1, adaptive=False)
     m = tiny_movq(num_channels=2, dim=4, num_codes=32, reconstruction_loss="l2", adversarial=adv,
-                  learning_rate=2e-3, check_inputs=True)
+                  optimizer=spec("torch.optim.Adam", lr=2e-3, betas=(0.5, 0.9)), check_inputs=True)
     x = images(8)
     disc_before = [p.detach().clone() for p in disc.parameters()]
     m.eval()
@@ -217,7 +218,7 @@ def test_tiny_movq_trains_through_lightning_on_cpu():
             losses.append(float(trainer.callback_metrics["train/reconstruction"]))
 
     # One batch per epoch and max_epochs (not max_steps: Lightning's global_step counts the
-    # discriminator's optimizer steps too, pitfall 12).
+    # discriminator's optimizer steps too, docs/pitfalls.md #12).
     trainer = L.Trainer(max_epochs=30, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         callbacks=[Record()])
@@ -276,7 +277,8 @@ def test_paper_configs_build_with_the_reference_settings(name, tmp_path):
     assert len(m.encoder.down) == 4 and m.encoder.down[3].block[0].out_channels == 512
     assert len(m.encoder.down[0].block) == 2 and len(m.encoder.down[2].attn) == 0
     assert len(m.encoder.down[3].attn) == 2  # attention at 32x32, the last level
-    assert (m.learning_rate, m.betas, m.optimizer_name) == (1e-4, (0.5, 0.9), "adam")
+    opt = m.configure_optimizers()[0][0]
+    assert (type(opt), opt.defaults["lr"], opt.defaults["betas"]) == (torch.optim.Adam, 1e-4, (0.5, 0.9))
     assert (m.reconstruction_loss, m.perceptual_weight, m.codebook_weight) == ("l2", 0.1, 1.0)
     adv = m.adversarial
     assert (adv.adaptive, adv.disc_weight, adv.disc_start, adv.loss) == (False, 0.1, 0, "hinge")
@@ -304,7 +306,8 @@ def test_tiny_movq_and_tiny_maskgit_end_to_end():
     assert tokens.shape == (8, 8, 8, 2) and tokens.unique().numel() > 2
     torch.manual_seed(0)
     prior = MaskGIT(vocab_size=tok.vocab_size, token_shape=list(tok.token_shape), n_layer=1, n_head=2, n_embd=32,
-                    embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0, lr=3e-3, weight_decay=0.0)
+                    embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0,
+                    optimizer=spec("torch.optim.AdamW", lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0))
     prior.set_tokenizer(tok)
 
     def masked_ce() -> float:

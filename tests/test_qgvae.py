@@ -15,6 +15,7 @@ from torch import nn
 from vqzoo.data.batch import TensorBatchDataset
 from vqzoo.losses.adversarial import AdversarialLoss, NLayerDiscriminator
 from vqzoo.nn.unet import QGDiscriminator, QGUNet, grid_positional_encoding
+from vqzoo.optim import spec
 from vqzoo.quantize import GradientMagnitudeReset, VectorQuantizer
 from vqzoo.tokenizers.qgvae import QGVAE, HeadwiseLinear
 
@@ -208,7 +209,7 @@ def test_ordered_dropout_every_third_batch() -> None:
 # ---------------------------------------------------------------------- codebook reset in training
 def test_gradient_magnitude_reset_in_lightning_loop(tmp_path: Path) -> None:
     reset = GradientMagnitudeReset(every=2)
-    model = tiny(reset=reset, optimizer="adamw", learning_rate=1e-3, weight_decay=0.01)
+    model = tiny(reset=reset, optimizer=spec("torch.optim.AdamW", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01))
     calls = []
     original = reset.apply
 

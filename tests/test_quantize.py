@@ -57,7 +57,7 @@ def test_cosine_search_picks_largest_cosine() -> None:
 
 def test_search_never_uses_sqrt_and_handles_huge_values() -> None:
     # Squared distances of nearly identical vectors can come out slightly negative in
-    # float32; with no sqrt the argmin stays defined and finite (pitfall 6).
+    # float32; with no sqrt the argmin stays defined and finite (docs/pitfalls.md #6).
     cb = Codebook(4, 3, init="normal")
     x = cb.weight.detach().clone() * 1e3
     cb.weight.data *= 1e3
@@ -304,7 +304,7 @@ def test_dead_code_reset_resets_ema_statistics_and_survives_next_ema_step() -> N
 
 
 def _reference_gradient_reset(mag: torch.Tensor, w: torch.Tensor) -> list[tuple[int, int, int]]:
-    """The reference loop (reference-implementations.md §B), returning (group, target, donor)."""
+    """The reference loop (docs/reference-implementations.md §B), returning (group, target, donor)."""
     pairs = []
     mag = mag.clone()
     for c in range(mag.shape[0]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +14,7 @@ from vqzoo.data.batch import TensorBatchDataset
 
 from vqzoo import DeadCodeReset, MaskGIT, OrthogonalRegularizer, VectorQuantizer, VQGAN
 from vqzoo.losses import AdversarialLoss, NLayerDiscriminator
+from vqzoo.optim import spec
 
 
 def gan_tokenizer() -> VQGAN:
@@ -20,7 +22,9 @@ def gan_tokenizer() -> VQGAN:
     q = VectorQuantizer(16, 8, regularizers=[OrthogonalRegularizer(10.0)], reset=DeadCodeReset(every=2))
     adv = AdversarialLoss(NLayerDiscriminator(in_channels=1, ndf=8, n_layers=1), disc_start=2)
     return VQGAN(q, in_channels=1, resolution=16, ch=8, ch_mult=(1, 2), attn_resolutions=(), z_channels=8,
-                 adversarial=adv, learning_rate=2e-3, warmup_steps=4)
+                 adversarial=adv, optimizer=spec("torch.optim.Adam", lr=2e-3, betas=(0.5, 0.9)), warmup_steps=4,
+                 # an injected scheduler under the warm-up: its state must resume too
+                 lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=3, gamma=0.5))
 
 
 def image_loader() -> DataLoader:
@@ -32,7 +36,8 @@ def image_loader() -> DataLoader:
 def prior() -> MaskGIT:
     L.seed_everything(0)
     return MaskGIT(vocab_size=8, token_shape=[4, 4], n_layer=1, n_head=2, n_embd=16, embd_pdrop=0.0,
-                   resid_pdrop=0.0, attn_pdrop=0.0, lr=1e-2, warmup_steps=3)
+                   resid_pdrop=0.0, attn_pdrop=0.0,
+                   optimizer=spec("torch.optim.AdamW", lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1), warmup_steps=3)
 
 
 def token_loader() -> DataLoader:
@@ -75,6 +80,8 @@ def assert_same_training_state(a: L.LightningModule, b: L.LightningModule, ta: L
                 assert torch.equal(torch.as_tensor(va[name]), torch.as_tensor(vb[name])), (ka, name)
     for la, lb in zip(ta.lr_scheduler_configs, tb.lr_scheduler_configs):
         assert la.scheduler.state_dict()["last_epoch"] == lb.scheduler.state_dict()["last_epoch"]
+        assert la.scheduler.get_last_lr() == lb.scheduler.get_last_lr()
+        assert la.scheduler.optimizer.param_groups[0]["lr"] == lb.scheduler.optimizer.param_groups[0]["lr"]
 
 
 def test_gan_tokenizer_with_reset_resumes_exactly(tmp_path: Path) -> None:

@@ -71,11 +71,14 @@ def test_paper_stage1_config_is_the_reference_recipe(path):
     adv = m.adversarial
     assert adv.disc_start == 30001 and adv.disc_weight == 0.8 and adv.adaptive and adv.loss == "hinge"
     assert m.codebook_weight == 1.0 and m.perceptual_weight == 1.0 and m.reconstruction_loss == "l1"
-    assert m.betas == (0.5, 0.9) and m.optimizer_name == "adam"
+    opt_g, opt_d = m.configure_optimizers()[0]
+    for opt in (opt_g, opt_d):
+        assert type(opt) is torch.optim.Adam and opt.defaults["betas"] == (0.5, 0.9)
     # The TE code's rule base_lr x batch x GPUs = 8e-6 x 96 x 2; scale_lr supplies the GPU factor.
     cfg = yaml.safe_load(path.read_text())
     assert cfg["trainer"]["devices"] == 2 and m.scale_lr == "linear"
-    assert math.isclose(m.learning_rate * cfg["trainer"]["devices"], 2 * 96 * 8e-6)
+    assert math.isclose(opt_g.param_groups[0]["lr"] * cfg["trainer"]["devices"], 2 * 96 * 8e-6)
+    assert opt_d.param_groups[0]["lr"] == opt_g.param_groups[0]["lr"]
     assert cfg["seed_everything"] == 23 and cfg["trainer"]["max_epochs"] == 40
     hp = dm.hparams
     assert (hp.canvas_size, hp.train_size, hp.val_size, hp.test_size, hp.batch_size) == (64, 300_000, 3000, 3000, 96)
@@ -135,8 +138,10 @@ def test_stage2_configs_fit_their_tokenizers_and_vocabulary(path):
     assert (prior.condition_loss_weight, prior.image_loss_weight) == (1.0, 7.0)
     cfg = yaml.safe_load(path.read_text())
     # the paper's lr 1e-3; the CPU config uses 3e-3 at batch 32 (measured in its header)
-    assert prior.lr == (3e-3 if "small" in path.stem else 1e-3)
-    assert prior.weight_decay == 0.0 and prior.tokenizer_path is None
+    opt = prior.optimizer_factory(prior.parameter_groups())  # the schedule needs a trainer; the optimizer not
+    assert type(opt) is torch.optim.AdamW and opt.defaults["betas"] == (0.9, 0.999)
+    assert opt.defaults["lr"] == (3e-3 if "small" in path.stem else 1e-3)
+    assert opt.defaults["weight_decay"] == 0.0 and prior.tokenizer_path is None
     assert cfg["trainer"]["gradient_clip_val"] == 1.0 and cfg["seed_everything"] == 42
     small = "small" in path.stem
     tokenizer_cfg = (ROOT / "configs" / "experiments" / "te_small_vqgan_sc.yaml") if small else (
@@ -180,7 +185,7 @@ def test_single_device_overrides_keep_the_effective_batch_and_rate(rt):
     args, notes = rt.single_device_overrides(cfg, "tokenizer")
     got = dict(zip(args[::2], args[1::2]))
     assert got["--data.init_args.batch_size"] == "192"
-    assert math.isclose(float(got["--model.init_args.learning_rate"]), 1.536e-3) and len(notes) == 2
+    assert math.isclose(float(got["--model.init_args.optimizer.init_args.lr"]), 1.536e-3) and len(notes) == 2
     cfg2 = yaml.safe_load((ROOT / "configs" / "experiments" / "te_stage2_sc.yaml").read_text())
     args2, _ = rt.single_device_overrides(cfg2, "prior")
     assert args2 == ["--data.init_args.batch_size", "200"]  # the prior's lr is not scaled

@@ -13,13 +13,14 @@ from vqzoo.data.batch import TensorBatchDataset
 
 from vqzoo import VQGAN, OrthogonalRegularizer, VectorQuantizer
 from vqzoo.losses import AdversarialLoss, NLayerDiscriminator
+from vqzoo.optim import spec
 
 
 def tiny(adversarial: AdversarialLoss | None = None, ortho: bool = False, **kw) -> VQGAN:  # noqa: ANN003
     torch.manual_seed(0)
     q = VectorQuantizer(16, 8, regularizers=[OrthogonalRegularizer(10.0)] if ortho else None)
     args = dict(in_channels=1, resolution=16, ch=8, ch_mult=(1, 2, 2), attn_resolutions=(4,), z_channels=8,
-                learning_rate=3e-3, adversarial=adversarial)
+                optimizer=spec("torch.optim.Adam", lr=3e-3, betas=(0.5, 0.9)), adversarial=adversarial)
     args.update(kw)
     return VQGAN(q, **args)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import json
 import os
 import pickle
@@ -121,7 +122,18 @@ def _instantiate(cls: type, config: dict[str, Any], overrides: dict[str, Any]) -
     """Build ``cls`` from plain config (nested ``class_path``/``init_args`` dicts) plus overrides."""
     from jsonargparse import ArgumentParser
 
-    config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path") and k not in overrides}
+    from vqzoo.optim import upgrade_legacy_config
+
+    config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path")}
+    if "optimizer" in inspect.signature(cls).parameters:
+        # checkpoints and exports from before injected optimizers still load
+        config = upgrade_legacy_config(config)
+    config = {k: v for k, v in config.items() if k not in overrides}
+    # Optimizer and scheduler specs stay plain dicts (the models build them with vqzoo.optim),
+    # so a reloaded model keeps them in its hyperparameters and exports them again.
+    from vqzoo.optim import OPTIMIZER_ARGS
+
+    overrides = {**{k: config.pop(k) for k in OPTIMIZER_ARGS if isinstance(config.get(k), dict)}, **overrides}
     parser = ArgumentParser(exit_on_error=False)
     # instantiate=False: nested parts are built here, the model itself below with the overrides
     parser.add_class_arguments(cls, "model", fail_untyped=False, skip=set(overrides), instantiate=False)

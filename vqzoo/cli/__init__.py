@@ -9,7 +9,7 @@ subclass mode (``model: {class_path: ..., init_args: ...}``). Extra commands:
 
 Defaults a user of the field expects: a rich progress bar, TensorBoard and
 CSV logs under ``runs/``, a ``last.ckpt`` checkpoint, and the config saved
-with each run (overwriting a previous one, pitfall 16).
+with each run (overwriting a previous one, docs/pitfalls.md #16).
 """
 
 from __future__ import annotations
@@ -18,7 +18,17 @@ import sys
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+
+class _Parser(LightningArgumentParser):
+    """Names the replacement when a config uses the optimizer keys that injected optimizers replaced."""
+
+    def error(self, message: str, *args: Any, **kwargs: Any) -> Any:
+        from vqzoo.optim import legacy_hint
+
+        hint = legacy_hint(message)
+        return super().error(f"{message}\n{hint}" if hint else message, *args, **kwargs)
 
 
 class VQZooCLI(LightningCLI):
@@ -45,6 +55,7 @@ class VQZooCLI(LightningCLI):
             args=args,
             run=run,
             auto_configure_optimizers=False,
+            parser_class=_Parser,
         )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:

@@ -1,6 +1,6 @@
 """PatchGAN discriminator, GAN losses and the VQGAN adaptive weight.
 
-Facts from the reference code (reference-implementations.md A, B, C), written
+Facts from the reference code (docs/reference-implementations.md §A, §B, §C), written
 anew:
 
 * PatchGAN layout (taming's ``NLayerDiscriminator``, itself pix2pix's): a 4x4
@@ -17,9 +17,9 @@ anew:
   ``AdversarialLoss(adaptive=False, disc_weight=0.1, disc_start=0)``.
 
 The discriminator start is counted in *generator* steps that the caller passes
-in (pitfall 12: Lightning's ``global_step`` counts both optimizers). Before the
+in (docs/pitfalls.md #12: Lightning's ``global_step`` counts both optimizers). Before the
 start nothing touches the discriminator: no forward pass, no gradient
-(pitfall 11 mitigations: only the generator's adversarial term is gated, and
+(docs/pitfalls.md #11 mitigations: only the generator's adversarial term is gated, and
 spectral norm / LeCam are available as options).
 """
 

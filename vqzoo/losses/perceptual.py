@@ -9,7 +9,7 @@ our own, on purpose:
   ``x / (sqrt(sum x^2) + eps)``. Where a feature vector is exactly zero (a VGG
   pixel whose ReLUs are all off, common on flat or saturated regions), the
   derivative of ``sqrt`` at 0 is infinite, and ``inf * 0`` puts NaN into the
-  generator's gradient (pitfall 14; PerceptualSimilarity #121,
+  generator's gradient (docs/pitfalls.md #14; PerceptualSimilarity #121,
   latent-diffusion #176). :func:`normalize_features` puts the epsilon inside
   the square root, ``x / sqrt(sum x^2 + eps)``, whose derivative is bounded by
   ``1 / sqrt(eps)``. For non-zero features the value matches lpips to float

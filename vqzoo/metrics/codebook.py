@@ -1,7 +1,7 @@
 """Codebook usage and perplexity over a whole epoch, reduced across ranks.
 
 The histogram is accumulated over every batch of the validation set and summed
-across ranks by torchmetrics before ``compute`` (pitfall 10: a sliding window
+across ranks by torchmetrics before ``compute`` (docs/pitfalls.md #10: a sliding window
 underestimates usage).
 """
 

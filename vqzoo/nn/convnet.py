@@ -1,6 +1,6 @@
 """Convolutional encoder and decoder shared by VQGAN, TE-VQGAN and MoVQ.
 
-Layout (taming-style; reference-implementations.md, section A):
+Layout (taming-style; docs/reference-implementations.md §A):
 
 Encoder::
 

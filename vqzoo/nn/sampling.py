@@ -2,7 +2,7 @@
 
 TE-VQGAN (Shin et al.) trains VQGAN with four downsampling methods because
 aliasing during downsampling breaks translation equivariance of the code map
-(reference-implementations.md, section A):
+(docs/reference-implementations.md §A):
 
 ============== ==============================================================
 method         layers

@@ -6,7 +6,7 @@ quantized map ``zq``. Because two positions that received the same code still
 carry their own modulation once the decoder mixes neighbourhoods, this breaks the
 "same index -> same patch" repetition of a plain VQGAN decoder.
 
-Formula (reference-implementations.md, section C):
+Formula (docs/reference-implementations.md §C):
 
     zq' = nearest-neighbour interpolation of zq to the spatial size of f
     out = GroupNorm(f) * conv_y(zq') + conv_b(zq')

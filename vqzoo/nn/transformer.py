@@ -6,7 +6,7 @@ embeddings and the output heads belong to the priors, because each prior lays
 out its sequence differently (class token + image, text + image in either
 order, several code channels summed per position).
 
-Facts from karpathy/minGPT (see ``reference-implementations.md``), implemented
+Facts from karpathy/minGPT (see docs/reference-implementations.md "minGPT"), implemented
 here from scratch:
 
 * pre-LN blocks ``x + attn(ln1(x))``, ``x + mlp(ln2(x))`` and a final LayerNorm;
@@ -25,7 +25,7 @@ efficient kernels where available). ``causal=True`` gives a GPT,
 KV cache
 --------
 minGPT and nanoGPT recompute the whole prefix for every sampled token
-(pitfalls.md item 18), which makes sampling ``O(T^2)`` per token in
+(docs/pitfalls.md #18), which makes sampling ``O(T^2)`` per token in
 attention *and* ``O(T)`` in every linear layer. :class:`KVCache` preallocates
 one key and one value buffer per layer of shape ``(B, n_head, max_len,
 head_dim)``; each call writes its new keys/values in place at

@@ -4,7 +4,7 @@ QG-VAE (Elsner et al., "Quantised Global Autoencoder") wraps its global
 bottleneck in two U-Nets: the encoder turns an image into C feature maps at
 ``W / 2**f``, the decoder turns C feature maps back into an image. The layout
 follows the facts recorded from the authors' notebooks
-(``papers/reference-implementations.md`` section B); the code is our own.
+(docs/reference-implementations.md §B); the code is our own.
 
 Layout of :class:`QGUNet`
 -------------------------

@@ -16,12 +16,16 @@ Decisions recorded here (the spec is silent on them):
 * Batches are :class:`vqzoo.data.batch.Batch` dicts: ``tokens`` (or
   ``images`` with a frozen tokenizer), optional ``labels`` and ``text``; a
   bare tensor is the tokens (or the images).
-* Optimizer (minGPT): AdamW; weight decay on ``nn.Linear`` weights only,
-  never on biases, LayerNorm, embeddings or positional tables. The learning
-  rate schedule is linear warmup over ``warmup_steps`` followed by either a
-  constant rate or a cosine decay to ``min_lr_ratio * lr`` at
-  ``total_steps`` (default: the trainer's ``estimated_stepping_batches``),
-  stepped once per optimizer step.
+* Optimizer: injected (``optimizer``, LightningCLI's ``OptimizerCallable``;
+  default AdamW as minGPT: lr 3e-4, betas (0.9, 0.95), weight decay 0.1). It
+  receives two param groups: ``nn.Linear`` weights, which take the optimizer's
+  own ``weight_decay``, and everything else (biases, LayerNorm, embeddings,
+  positional tables) with ``weight_decay`` 0. vqzoo's schedule is linear
+  warmup over ``warmup_steps`` followed by either a constant rate or a cosine
+  decay to ``min_lr_ratio`` times the rate at ``total_steps`` (default: the
+  trainer's ``estimated_stepping_batches``); it multiplies an injected
+  ``lr_scheduler`` if one is given (:mod:`vqzoo.optim`). Both are stepped once
+  per optimizer step.
 * Checkpoints carry the prior's class path under ``checkpoint["vqzoo"]
   ["class_path"]`` (the convention of :mod:`vqzoo.checkpoint`), so
   :func:`vqzoo.load` can rebuild the right class from a path alone.
@@ -40,10 +44,12 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from vqzoo.data.batch import as_batch
 from vqzoo.nn.transformer import Transformer, resolve_transformer_size
+from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learning_rates, spec
 
 __all__ = [
     "Prior",
@@ -158,13 +164,18 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
     """Base class of the token priors.
 
     Args:
-        lr: peak learning rate of AdamW.
-        weight_decay: decoupled weight decay, applied to ``nn.Linear`` weights only.
-        betas: AdamW betas (minGPT: (0.9, 0.95)).
+        optimizer: a callable ``param_groups -> Optimizer`` (in YAML
+            ``{class_path: torch.optim.AdamW, init_args: {lr: ..., betas: ...,
+            weight_decay: ...}}``; a dict of that form is accepted in Python
+            too). Its ``weight_decay`` applies to ``nn.Linear`` weights only.
+            Default: AdamW, lr 3e-4, betas (0.9, 0.95), weight decay 0.1 (minGPT).
+        lr_scheduler: a callable ``Optimizer -> LRScheduler``, stepped once per
+            optimizer step and multiplied by vqzoo's warmup/``lr_schedule``
+            (None = vqzoo's schedule alone).
         warmup_steps: linear warmup length in optimizer steps (0 = none).
         lr_schedule: ``"constant"`` after warmup, or ``"cosine"`` decay to
-            ``min_lr_ratio * lr`` at ``total_steps``.
-        min_lr_ratio: floor of the cosine schedule as a fraction of ``lr``.
+            ``min_lr_ratio`` times the peak rate at ``total_steps``.
+        min_lr_ratio: floor of the cosine schedule as a fraction of the peak rate.
         total_steps: length of the cosine schedule; ``None`` uses the
             trainer's ``estimated_stepping_batches``.
         tokenizer: path to a tokenizer checkpoint (``.ckpt``) or export
@@ -191,9 +202,10 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
 
     def __init__(
         self,
-        lr: float = 3e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
+        optimizer: OptimizerCallable = spec(  # noqa: B008
+            "torch.optim.AdamW", lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1
+        ),
+        lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         min_lr_ratio: float = 0.0,
@@ -217,12 +229,6 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         if scale_lr not in ("none", "linear"):
             raise ValueError(f"scale_lr must be 'none' or 'linear', got {scale_lr!r}")
         self.scale_lr = scale_lr
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if lr_schedule not in ("constant", "cosine"):
@@ -231,9 +237,8 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"total_steps must be >= 1 or None, got {total_steps}")
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.betas = (float(betas[0]), float(betas[1]))
+        self.optimizer_factory = as_callable(optimizer, "optimizer")
+        self.lr_scheduler_factory = as_callable(lr_scheduler, "lr_scheduler")
         self.warmup_steps = warmup_steps
         self.lr_schedule = lr_schedule
         self.min_lr_ratio = min_lr_ratio
@@ -462,8 +467,17 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
 
     # -- optimizer ---------------------------------------------------------------
 
+    def drop_callable_hparams(self) -> None:
+        """Keep optimizer callables given in Python out of the hyperparameters.
+
+        They cannot be saved without pickle; a reloaded model gets the default
+        optimizer. ``{class_path, init_args}`` dicts (the CLI's) stay. Subclasses
+        call this right after ``save_hyperparameters``.
+        """
+        self.remove_ignored_hparams([k for k in OPTIMIZER_ARGS if callable(self.hparams.get(k))])
+
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: decay for ``nn.Linear`` weights, none for everything else."""
+        """Two groups: ``nn.Linear`` weights (the optimizer's weight decay) and the rest (none)."""
         decay: dict[str, nn.Parameter] = {}
         for mname, module in self.named_modules():
             if isinstance(module, nn.Linear):
@@ -472,12 +486,12 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         no_decay = [p for n, p in self.named_parameters() if n not in decay and p.requires_grad]
         decay_params = [p for p in decay.values() if p.requires_grad]
         return [
-            {"params": decay_params, "weight_decay": self.weight_decay},
+            {"params": decay_params},
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
     def lr_lambda(self, step: int, total_steps: int) -> float:
-        """Multiplier of ``lr`` at optimizer step ``step`` (0-based)."""
+        """Multiplier of the optimizer's learning rate at optimizer step ``step`` (0-based)."""
         if self.warmup_steps > 0 and step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         if self.lr_schedule == "constant":
@@ -490,9 +504,11 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         # Same rule as the tokenizers: "linear" multiplies lr by the number of processes
         # (the batch size in the config is per process).
         world = self.trainer.world_size if self._trainer is not None else 1
-        lr = self.lr * (world if self.scale_lr == "linear" else 1)
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=lr, betas=self.betas)
-        if self.warmup_steps == 0 and self.lr_schedule == "constant":
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must build a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        scale_learning_rates(optimizer, world if self.scale_lr == "linear" else 1)
+        if self.warmup_steps == 0 and self.lr_schedule == "constant" and self.lr_scheduler_factory is None:
             return optimizer
         total = self.total_steps
         if total is None:
@@ -506,9 +522,7 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
                 total = int(est)
             else:
                 total = self.warmup_steps + 1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: self.lr_lambda(step, total)
-        )
+        scheduler = build_schedule(optimizer, lambda step: self.lr_lambda(step, total), self.lr_scheduler_factory)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},

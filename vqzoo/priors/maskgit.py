@@ -4,7 +4,7 @@ MoVQ's second stage (the MoVQ paper, Fig. 2 right) is a MaskGIT over
 *multichannel* tokens: each spatial position carries ``M`` codes from one
 shared codebook of ``vocab_size`` codes. The MoVQ authors released no prior
 code and the MaskGIT reference handles one code per position only
-(``reference-implementations.md``), so the multichannel design below is
+(docs/reference-implementations.md "MaskGIT"), so the multichannel design below is
 vqzoo's own.
 
 Token layouts
@@ -99,7 +99,7 @@ class MaskGIT(Prior):
         choice_temperature: default Gumbel temperature of the re-masking
             choice (reference class-conditional config: 4.5).
         preset, n_layer, n_head, n_embd, embd_pdrop, resid_pdrop, attn_pdrop
-        (transformer size and dropouts), lr, weight_decay, betas, warmup_steps,
+        (transformer size and dropouts), optimizer, lr_scheduler, warmup_steps,
         lr_schedule, min_lr_ratio, total_steps, tokenizer, scale_lr: see
         :class:`~vqzoo.priors.base.Prior`. The reference's optimizer (lr 1e-4,
         betas (0.9, 0.96), weight decay 0.045, 5000 warm-up steps) is set in
@@ -121,6 +121,7 @@ class MaskGIT(Prior):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
+        self.drop_callable_hparams()
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         shape = tuple(int(s) for s in token_shape)

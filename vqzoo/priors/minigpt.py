@@ -37,7 +37,7 @@ and i2t, which lets ``order="both"`` train one model for both directions (the
 reference uses separate learned text and fixed 2-D image tables for the same
 reason).
 
-Losses (TE stage 2, ``reference-implementations.md`` §A)
+Losses (TE stage 2, docs/reference-implementations.md §A)
 --------------------------------------------------------
 ``loss = (condition_loss_weight * CE_condition + image_loss_weight * CE_target)
 / (condition_loss_weight + image_loss_weight)``, defaults 1 and 7, so t2i is
@@ -124,7 +124,7 @@ class MiniGPT(Prior):
         condition_loss_weight: weight of the prefix modality's CE (see module doc).
         image_loss_weight: weight of the generated modality's CE (see module doc).
         preset, n_layer, n_head, n_embd, embd_pdrop, resid_pdrop, attn_pdrop
-        (transformer size and dropouts), lr, weight_decay, betas, warmup_steps,
+        (transformer size and dropouts), optimizer, lr_scheduler, warmup_steps,
         lr_schedule, min_lr_ratio, total_steps, tokenizer, scale_lr: see
         :class:`~vqzoo.priors.base.Prior`.
     """
@@ -147,6 +147,7 @@ class MiniGPT(Prior):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
+        self.drop_callable_hparams()
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if token_shape is None and num_image_tokens is None:

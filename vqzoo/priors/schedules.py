@@ -1,7 +1,7 @@
 """MaskGIT mask schedules: the fraction of tokens still masked at ratio ``r``.
 
 Formulas follow google-research/maskgit ``libml/mask_schedule.py`` (see
-``reference-implementations.md``), with ``r`` in [0, 1] the progress through
+docs/reference-implementations.md "MaskGIT"), with ``r`` in [0, 1] the progress through
 decoding (or, in training, a uniform draw) and ``N`` the number of tokens that
 were unknown at the start:
 

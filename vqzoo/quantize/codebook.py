@@ -8,18 +8,18 @@ Decisions where the papers are silent:
 
 * Distances are squared L2 from one matrix product, ``‖e‖² − 2 x·e`` (the
   ``‖x‖²`` term is constant per row and does not change the argmin), computed
-  in float32 with autocast off and never square-rooted (pitfalls 6, 7).
+  in float32 with autocast off and never square-rooted (docs/pitfalls.md #6, #7).
   Cosine distance searches the largest dot product between L2-normalised
   vectors.
 * The search is chunked over N so that the ``chunk × K`` score matrix stays
-  under ``max_chunk_bytes`` (pitfall 8).
+  under ``max_chunk_bytes`` (docs/pitfalls.md #8).
 * EMA updates follow the VQ-VAE paper's appendix with Laplace smoothing::
 
       N_k ← d·N_k + (1−d)·n_k          m_k ← d·m_k + (1−d)·Σ_{z→k} z
       n   = Σ_k N_k                    Ñ_k = (N_k + ε) / (n + K·ε) · n
       e_k = m_k / Ñ_k
 
-  with ``n_k`` and the sums all-reduced across ranks before use (pitfall 2).
+  with ``n_k`` and the sums all-reduced across ranks before use (docs/pitfalls.md #2).
   ``N_k`` starts at 1 and ``m_k`` at the initial code, so an unused code
   decays towards zero instead of exploding.
 * ``usage`` counts assignments since the last reset (int64, in the
@@ -237,7 +237,7 @@ class Codebook(nn.Module):
         offsets = torch.arange(G, device=indices.device).unsqueeze(1) * K
         sums = sum_rows((indices + offsets).reshape(-1), x.reshape(-1, D), G * K)
         counts = counts.float()
-        # Statistics are summed over ranks every step so codebooks never diverge (pitfall 2).
+        # Statistics are summed over ranks every step so codebooks never diverge (docs/pitfalls.md #2).
         all_reduce_sum_(counts)
         all_reduce_sum_(sums)
         d = self.decay
@@ -263,7 +263,7 @@ class Codebook(nn.Module):
         """Replace the codes where ``mask`` (G, K) is true by ``vectors`` (G, K, D).
 
         EMA statistics move with the code (count 1, sum = the new code), so the
-        next EMA step keeps the new code instead of overwriting it (pitfall 5).
+        next EMA step keeps the new code instead of overwriting it (docs/pitfalls.md #5).
         """
         m = mask.unsqueeze(-1)
         self.weight.data.copy_(torch.where(m, vectors.to(self.weight.dtype), self.weight.data))

@@ -1,9 +1,9 @@
 """Collectives used by the codebook, resolved at call time.
 
 Lightning builds modules before the process group exists, so nothing here is
-decided at construction (pitfall 4): every helper asks ``torch.distributed``
+decided at construction (docs/pitfalls.md #4): every helper asks ``torch.distributed``
 when it is called. Every collective is meant to be called on every rank with
-the same shape (pitfall 3); callers guarantee that by calling these helpers
+the same shape (docs/pitfalls.md #3); callers guarantee that by calling these helpers
 unconditionally from code paths that all ranks execute.
 """
 

@@ -16,7 +16,7 @@ Loss (float32, autocast off)::
 
     loss = β · ‖z − sg(e)‖² + w_cb · ‖sg(z) − e‖² + Σ regularizers(e)
 
-with β on the commitment term (never the legacy placement, pitfall 1) and
+with β on the commitment term (never the legacy placement, docs/pitfalls.md #1) and
 ``w_cb = codebook_loss_weight`` (1 by default; the QG-VAE reference weights
 commitment 1.0 and codebook 0.25, reached with ``beta=1.0,
 codebook_loss_weight=0.25``). With EMA updates the codebook term is dropped:

@@ -17,7 +17,7 @@ class OrthogonalRegularizer(Configurable, nn.Module):
 
     When K is larger than D the Gram matrix is never formed: with rows
     ``ê_k`` of the normalised codes, ``‖ÊÊᵀ − I‖² = ‖ÊᵀÊ‖² − 2Σ‖ê_k‖² + K``,
-    which needs only the D × D matrix ``ÊᵀÊ`` (pitfall 8: 16384 codes would
+    which needs only the D × D matrix ``ÊᵀÊ`` (docs/pitfalls.md #8: 16384 codes would
     otherwise need a 1 GiB K × K matrix). ``Σ‖ê_k‖²`` is kept exact, so an
     all-zero code (normalised to zero) is still handled correctly.
 

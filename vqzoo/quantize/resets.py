@@ -9,10 +9,10 @@ calls, all made on every rank:
   buffer and applies the reset every ``every`` steps.
 
 Resets run after the optimizer step (and after that step's EMA update), so the
-new codes are never overwritten by the update of the same step (pitfall 5).
+new codes are never overwritten by the update of the same step (docs/pitfalls.md #5).
 Random choices are made on every rank and then the whole codebook state is
 broadcast from rank 0, so codebooks stay bit-identical on all ranks; every
-collective is unconditional with a fixed shape (pitfall 3).
+collective is unconditional with a fixed shape (docs/pitfalls.md #3).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class DeadCodeReset(CodebookReset):
     A code is dead when its usage since the last reset, summed over ranks, is
     at most ``threshold`` times the mean usage of its group; the default
     ``threshold=0`` means "never chosen". Scaling by the mean keeps the rule
-    independent of batch size and tokens per step (pitfall 5, WavTokenizer #82).
+    independent of batch size and tokens per step (docs/pitfalls.md #5, WavTokenizer #82).
     Each dead code takes a distinct encoder output of the current batch, drawn
     at random (with replacement only when the batch has fewer vectors than
     codes). With EMA updates the code's statistics are reset with it.

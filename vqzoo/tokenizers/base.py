@@ -6,15 +6,18 @@ the rest: input checks, quantization, the losses, GAN training with manual
 optimization, codebook reset hooks, validation metrics, image grids,
 tokenize/detokenize and export.
 
-Training-loop decisions (see DESIGN.md):
+Training-loop decisions (see docs/DESIGN.md):
 
 * Lightning manual optimization with a generator optimizer and, when an
-  adversarial loss is configured, a discriminator optimizer. Gradients are
+  adversarial loss is configured, a discriminator optimizer, both injected
+  (``optimizer``/``disc_optimizer``, LightningCLI's ``OptimizerCallable``; see
+  :mod:`vqzoo.optim`). ``warmup_steps`` multiplies any injected
+  ``lr_scheduler``; both are stepped once per step of their optimizer. Gradients are
   clipped through ``self.clip_gradients`` and schedulers stepped explicitly
   (``gradient_clip_val`` and ``accumulate_grad_batches`` do not apply to
-  manual optimization, pitfall 13).
+  manual optimization, docs/pitfalls.md #13).
 * ``generator_step`` is our own counter (a buffer, so it is in checkpoints):
-  Lightning's ``global_step`` counts both optimizers (pitfall 12), so the
+  Lightning's ``global_step`` counts both optimizers (docs/pitfalls.md #12), so the
   discriminator start, the schedule and logging all use generator steps.
 * Each step: the generator loss is ``reconstruction + codebook_weight · vq +
   adversarial``; backward; ``quantizer.after_backward()`` (gradient-magnitude
@@ -44,11 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
 from vqzoo.config import to_config
 from vqzoo.data.batch import as_batch
 from vqzoo.io import make_grid, save_png
 from vqzoo.losses.adversarial import AdversarialLoss
 from vqzoo.metrics.codebook import CodebookUsage
+from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learning_rates, spec
 from vqzoo.quantize import QuantizerOutput, VectorQuantizer
 
 
@@ -69,15 +75,22 @@ class Tokenizer(L.LightningModule, abc.ABC):
             weights are then never needed).
         codebook_weight: weight of the quantizer's loss (taming's codebook_weight).
         adversarial: a :class:`~vqzoo.losses.adversarial.AdversarialLoss` or None.
-        optimizer: ``"adam"`` or ``"adamw"`` (both optimizers).
-        learning_rate: generator learning rate (absolute; see ``scale_lr``).
-        disc_learning_rate: discriminator learning rate (None = ``learning_rate``).
-        betas: Adam betas ((0.5, 0.9) as in taming/TE-VQGAN).
-        weight_decay: decoupled weight decay for ``adamw``.
-        scale_lr: ``"linear"`` multiplies both learning rates by the number of
-            processes (``world_size``) at fit time, the rule of the TE code
-            (base_lr × ngpu × batch); ``"none"`` uses them as given.
-        warmup_steps: linear warm-up of the learning rates, in generator steps.
+        optimizer: the generator's optimizer, a callable ``params -> Optimizer``
+            (in YAML ``{class_path: torch.optim.Adam, init_args: {lr: ...}}``;
+            a dict of that form is accepted in Python too). Default: Adam,
+            lr 1e-4, betas (0.5, 0.9) as in taming/TE-VQGAN. Its learning rate
+            is absolute (see ``scale_lr``).
+        disc_optimizer: the discriminator's optimizer (None = the same as
+            ``optimizer``, a separate instance).
+        lr_scheduler: a callable ``Optimizer -> LRScheduler`` for the generator,
+            stepped once per generator step (None = constant).
+        disc_lr_scheduler: the discriminator's (None = the same as
+            ``lr_scheduler``), stepped once per discriminator step.
+        scale_lr: ``"linear"`` multiplies both optimizers' learning rates by the
+            number of processes (``world_size``) at fit time, the rule of the TE
+            code (base_lr × ngpu × batch); ``"none"`` uses them as given.
+        warmup_steps: linear warm-up of the learning rates over this many steps
+            of each optimizer, multiplied onto any ``lr_scheduler``.
         gradient_clip_norm: clipping threshold for both optimizers (None = off).
         gradient_clip_algorithm: ``"norm"`` (total norm) or ``"value"`` (each
             element, as the MoVQ reference's ``gradient_clip_val``).
@@ -107,11 +120,10 @@ class Tokenizer(L.LightningModule, abc.ABC):
         perceptual_weight: float = 0.0,
         codebook_weight: float = 1.0,
         adversarial: AdversarialLoss | None = None,
-        optimizer: Literal["adam", "adamw"] = "adam",
-        learning_rate: float = 1e-4,
-        disc_learning_rate: float | None = None,
-        betas: tuple[float, float] = (0.5, 0.9),
-        weight_decay: float = 0.0,
+        optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-4, betas=(0.5, 0.9)),  # noqa: B006
+        disc_optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        disc_lr_scheduler: LRSchedulerCallable | None = None,
         scale_lr: Literal["none", "linear"] = "none",
         warmup_steps: int = 0,
         gradient_clip_norm: float | None = None,
@@ -130,12 +142,15 @@ class Tokenizer(L.LightningModule, abc.ABC):
             raise ValueError(f"in_channels and resolution must be >= 1, got {in_channels}, {resolution}")
         if perceptual_weight < 0 or reconstruction_weight < 0 or codebook_weight < 0:
             raise ValueError("loss weights must be >= 0")
-        if optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+        if scale_lr not in ("none", "linear"):
+            raise ValueError(f"scale_lr must be 'none' or 'linear', got {scale_lr!r}")
         # Nested parts are saved as the config they were built with (vqzoo.config), so a
         # model built in Python or by LightningCLI reloads and exports the same way.
         self.save_hyperparameters(ignore=["quantizer", "adversarial"])
         self.hparams.update(quantizer=to_config(quantizer), adversarial=to_config(adversarial))
+        # A callable given in Python cannot be saved without pickle: keep it out of the
+        # hyperparameters (a reloaded model gets the default); dict specs and the CLI's stay.
+        self.remove_ignored_hparams([k for k in OPTIMIZER_ARGS if callable(self.hparams.get(k))])
         self.automatic_optimization = False
         self.quantizer = quantizer
         self.adversarial = adversarial
@@ -145,11 +160,10 @@ class Tokenizer(L.LightningModule, abc.ABC):
         self.reconstruction_weight = reconstruction_weight
         self.perceptual_weight = perceptual_weight
         self.codebook_weight = codebook_weight
-        self.optimizer_name = optimizer
-        self.learning_rate = learning_rate
-        self.disc_learning_rate = learning_rate if disc_learning_rate is None else disc_learning_rate
-        self.betas = tuple(betas)
-        self.weight_decay = weight_decay
+        self.optimizer_factory = as_callable(optimizer, "optimizer")
+        self.disc_optimizer_factory = as_callable(disc_optimizer, "disc_optimizer") or self.optimizer_factory
+        self.lr_scheduler_factory = as_callable(lr_scheduler, "lr_scheduler")
+        self.disc_lr_scheduler_factory = as_callable(disc_lr_scheduler, "disc_lr_scheduler") or self.lr_scheduler_factory
         self.scale_lr = scale_lr
         self.warmup_steps = warmup_steps
         self.gradient_clip_norm = gradient_clip_norm
@@ -294,10 +308,12 @@ class Tokenizer(L.LightningModule, abc.ABC):
         disc = set(id(p) for p in self.adversarial.parameters()) if self.adversarial is not None else set()
         return [p for p in self.parameters() if p.requires_grad and id(p) not in disc]
 
-    def _make_optimizer(self, params: list, lr: float) -> torch.optim.Optimizer:
-        if self.optimizer_name == "adamw":
-            return torch.optim.AdamW(params, lr=lr, betas=self.betas, weight_decay=self.weight_decay)
-        return torch.optim.Adam(params, lr=lr, betas=self.betas)
+    def _make_optimizer(self, factory: Any, params: list, scale: int, name: str) -> torch.optim.Optimizer:
+        optimizer = factory(params)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"{name} must build a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        scale_learning_rates(optimizer, scale)
+        return optimizer
 
     def configure_optimizers(self) -> Any:
         scale = self._world_size() if self.scale_lr == "linear" else 1
@@ -306,13 +322,14 @@ class Tokenizer(L.LightningModule, abc.ABC):
         def factor(step: int) -> float:
             return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
-        opt_g = self._make_optimizer(self._generator_parameters(), self.learning_rate * scale)
+        opt_g = self._make_optimizer(self.optimizer_factory, self._generator_parameters(), scale, "optimizer")
         optimizers = [opt_g]
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt_g, factor)]
+        schedulers = [build_schedule(opt_g, factor, self.lr_scheduler_factory)]
         if self.adversarial is not None:
-            opt_d = self._make_optimizer(list(self.adversarial.parameters()), self.disc_learning_rate * scale)
+            params = list(self.adversarial.parameters())
+            opt_d = self._make_optimizer(self.disc_optimizer_factory, params, scale, "disc_optimizer")
             optimizers.append(opt_d)
-            schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt_d, factor))
+            schedulers.append(build_schedule(opt_d, factor, self.disc_lr_scheduler_factory))
         return optimizers, schedulers
 
     @staticmethod

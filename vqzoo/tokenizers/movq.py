@@ -65,7 +65,7 @@ class MoVQ(Tokenizer):
     ``post_quant_conv``; the decoder input is ``post_quant_conv(zq)`` and every
     SpatialNorm (ResnetBlock norms, attention norms in the mid and up blocks,
     ``norm_out``) receives ``zq`` itself, resized by nearest-neighbour
-    interpolation (reference-implementations.md, section C). ``decode`` does
+    interpolation (docs/reference-implementations.md §C). ``decode`` does
     both, so :meth:`detokenize` (``decode(quantizer.lookup(indices))``) passes
     ``zq`` exactly as the training forward does. In training ``zq`` carries the
     quantizer's straight-through gradient, so the encoder also learns through
@@ -74,7 +74,7 @@ class MoVQ(Tokenizer):
 
     **Multichannel quantization: design choices** (the paper's text on it did
     not survive in our copy and no public code implements it, see
-    reference-implementations.md C "Not found anywhere"; what follows is
+    docs/reference-implementations.md §C "Not found anywhere"; what follows is
     vqzoo's design, made from the abstract and the figure captions):
 
     * *Split.* ``quant_conv`` maps the encoder output to ``M * D`` channels,
@@ -92,7 +92,7 @@ class MoVQ(Tokenizer):
     * *Loss.* No per-channel term is added: the quantizer's commitment and
       codebook losses are means over all ``M * D`` elements, which equals the
       equal-weight average of the M per-channel losses (every chunk has the
-      same size). β = 0.25 sits on the commitment term (pitfall 1).
+      same size). β = 0.25 sits on the commitment term (docs/pitfalls.md #1).
     * *Condition.* SpatialNorm sees all M chunks concatenated, so its 1x1
       convs predict the modulation from the whole M-tuple of codes at a
       position, not from one code.
@@ -114,33 +114,12 @@ class MoVQ(Tokenizer):
       reconstruction; both are accepted.
 
     **Loss recipes** (both are configuration of the base; nothing here is
-    recipe-specific). The reference recipe (SBER-MoVQGAN, section C):
-    ``(x - x̂)² + 0.1·LPIPS``, a hinge PatchGAN with 2 layers and a *fixed*
-    generator weight 0.1 from the first step::
-
-        model:
-          class_path: vqzoo.tokenizers.movq.MoVQ
-          init_args:
-            reconstruction_loss: l2
-            perceptual_weight: 0.1
-            adversarial:
-              class_path: vqzoo.losses.adversarial.AdversarialLoss
-              init_args:
-                discriminator:
-                  class_path: vqzoo.losses.adversarial.NLayerDiscriminator
-                  init_args: {in_channels: 3, n_layers: 2}
-                adaptive: false
-                disc_weight: 0.1
-                disc_start: 0
-                loss: hinge
-
-    The VQGAN recipe (taming): ``|x - x̂| + 1.0·LPIPS`` and the adaptive weight::
-
-            reconstruction_loss: l1
-            perceptual_weight: 1.0
-            adversarial:
-              class_path: vqzoo.losses.adversarial.AdversarialLoss
-              init_args: {adaptive: true, disc_weight: 0.8, disc_start: 30001}
+    recipe-specific) are partial configs to layer over a MoVQ config
+    (``vqzoo fit --config configs/tokenizers/movq_ffhq256.yaml --config RECIPE``):
+    ``configs/recipes/movq_loss_reference.yaml``, the reproduced code's
+    ``(x - x̂)² + 0.1·LPIPS`` with a 2-layer hinge PatchGAN at a fixed weight
+    0.1 from the first step, and ``configs/recipes/movq_loss_vqgan.yaml``,
+    taming's ``|x - x̂| + 1.0·LPIPS`` with the adaptive weight.
 
     The reproduced code uses taming's legacy β placement (β on the codebook
     term); vqzoo keeps β on the commitment term. ``quantizer.init_args:

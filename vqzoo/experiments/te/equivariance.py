@@ -11,7 +11,7 @@ Decisions:
   quadrant dataset does, each drawn in one color on a black canvas.
 * The stage-1 report's L1 is ``mean |x - x_hat|`` on the [-1, 1] image scale
   the tokenizers train on; code usage is the number of distinct indices seen
-  on the whole evaluation set (docs/pitfalls.md, pitfall 10: not a sliding
+  on the whole evaluation set (docs/pitfalls.md #10: not a sliding
   window).
 """
 

@@ -52,7 +52,7 @@ Decisions where the brief and the paper are silent:
   reference's filter_thres 0.9), temperature 1, a torch.Generator seeded with
   the stage-2 seed.
 * Table 3's code usage counts distinct indices over the whole test split
-  (docs/pitfalls.md, pitfall 10); L1 is mean |x - x_hat| on the [-1, 1] scale; the equivariance
+  (docs/pitfalls.md #10); L1 is mean |x - x_hat| on the [-1, 1] scale; the equivariance
   rate uses the first ``equivariance_objects`` test-source digits, drawn in
   colors white/red/green/blue in turn, in each of the four quadrants.
 * An extra diagnostic, ``oracle``: the classifier's accuracy on the tokenizer's
@@ -291,9 +291,9 @@ def single_device_overrides(cfg: dict[str, Any], kind: str) -> tuple[list[str], 
         args += ["--data.init_args.batch_size", str(int(batch) * world)]
         notes.append(f"batch {batch} x {world} devices -> {int(batch) * world} on one device")
     if kind == "tokenizer" and _get(cfg, "model.init_args.scale_lr") == "linear":
-        lr = float(_get(cfg, "model.init_args.learning_rate"))
-        args += ["--model.init_args.learning_rate", repr(lr * world)]
-        notes.append(f"scale_lr linear: learning_rate {lr} x {world} -> {lr * world} on one device")
+        lr = float(_get(cfg, "model.init_args.optimizer.init_args.lr"))
+        args += ["--model.init_args.optimizer.init_args.lr", repr(lr * world)]
+        notes.append(f"scale_lr linear: optimizer lr {lr} x {world} -> {lr * world} on one device")
     return args, notes
 
 
