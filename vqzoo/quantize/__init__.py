@@ -1,7 +1,8 @@
 """The shared discrete bottleneck: pure torch, no Lightning."""
 
+from vqzoo.quantize.base import Quantizer, QuantizerOutput
 from vqzoo.quantize.codebook import Codebook
-from vqzoo.quantize.quantizer import QuantizerOutput, VectorQuantizer
+from vqzoo.quantize.quantizer import VectorQuantizer
 from vqzoo.quantize.regularizers import OrthogonalRegularizer
 from vqzoo.quantize.resets import CodebookReset, DeadCodeReset, GradientMagnitudeReset
 
@@ -11,6 +12,7 @@ __all__ = [
     "DeadCodeReset",
     "GradientMagnitudeReset",
     "OrthogonalRegularizer",
+    "Quantizer",
     "QuantizerOutput",
     "VectorQuantizer",
 ]
