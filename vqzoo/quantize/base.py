@@ -339,6 +339,17 @@ class Quantizer(nn.Module, abc.ABC):
         codes = self.codes_from_indices(indices.long())
         return grouped_histogram(codes.reshape(codes.shape[0], -1), self.num_codes)
 
+    def reset_parameters(self) -> None:
+        """Draw fresh parameters (codes, projections) by each part's init rule."""
+        def reset(module: nn.Module) -> None:
+            for child in module.children():
+                if hasattr(child, "reset_parameters"):
+                    child.reset_parameters()
+                else:
+                    reset(child)
+
+        reset(self)
+
     def after_backward(self) -> None:
         """Call after each backward pass that reaches the quantizer (gradient resets read grads)."""
 
@@ -358,3 +369,32 @@ def check_num_codes(owner: str, num_codes: int, what: str) -> None:
             f"{owner}: {what} gives {num_codes} codes (about 2^{math.log2(num_codes):.1f}), more than an "
             f"int64 index can hold safely (2^62); use fewer levels or bits"
         )
+
+
+class GroupedLinear(nn.Module):
+    """``x W_g + b_g`` on grouped vectors ``(G, N, in)`` with one map per group.
+
+    FSQ and LFQ quantize a small fixed grid; when the features are wider (or
+    narrower) than that grid these maps project in and out. One map per group
+    keeps per-token codebooks independent, as a learned codebook per group would.
+    Initialised like ``nn.Linear``: U(−1/√in, 1/√in) for weight and bias.
+    """
+
+    def __init__(self, num_groups: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_groups, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(num_groups, 1, out_features))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.weight.shape[1])
+        self.weight.uniform_(-bound, bound)
+        self.bias.uniform_(-bound, bound)
+
+    def extra_repr(self) -> str:
+        G, i, o = self.weight.shape
+        return f"num_groups={G}, in_features={i}, out_features={o}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias.float(), x, self.weight.float())

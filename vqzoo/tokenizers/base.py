@@ -47,7 +47,7 @@ from torch import Tensor
 
 from vqzoo.losses.adversarial import AdversarialLoss
 from vqzoo.metrics.codebook import CodebookUsage
-from vqzoo.quantize import QuantizerOutput, VectorQuantizer
+from vqzoo.quantize import Quantizer, QuantizerOutput
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,7 +58,8 @@ class Tokenizer(L.LightningModule, abc.ABC):
     """Shared base of every image tokenizer.
 
     Args:
-        quantizer: the shared :class:`~vqzoo.quantize.VectorQuantizer`.
+        quantizer: any :class:`~vqzoo.quantize.Quantizer` (VQ, FSQ, LFQ, residual).
+            Its own input check is switched off: the tokenizer checks at its door.
         in_channels: image channels accepted.
         resolution: image size the model is built for.
         reconstruction_loss: ``"l1"`` (taming, TE-VQGAN) or ``"l2"`` (MoVQ).
@@ -93,7 +94,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
 
     def __init__(
         self,
-        quantizer: VectorQuantizer,
+        quantizer: Quantizer,
         in_channels: int = 3,
         resolution: int = 64,
         reconstruction_loss: Literal["l1", "l2"] = "l1",
@@ -116,8 +117,8 @@ class Tokenizer(L.LightningModule, abc.ABC):
         num_val_images: int = 8,
     ) -> None:
         super().__init__()
-        if not isinstance(quantizer, VectorQuantizer):
-            raise ValueError(f"quantizer must be a vqzoo VectorQuantizer, got {type(quantizer).__name__}")
+        if not isinstance(quantizer, Quantizer):
+            raise ValueError(f"quantizer must be a vqzoo Quantizer, got {type(quantizer).__name__}")
         if reconstruction_loss not in ("l1", "l2"):
             raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {reconstruction_loss!r}")
         if in_channels < 1 or resolution < 1:
@@ -129,6 +130,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
         self.save_hyperparameters(ignore=["quantizer", "adversarial"] if not _built_by_cli() else [])
         self.automatic_optimization = False
         self.quantizer = quantizer
+        quantizer.check_inputs = False  # images are checked at the tokenizer's door; no second sync
         self.adversarial = adversarial
         self.in_channels = in_channels
         self.resolution = resolution
@@ -157,7 +159,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
         self.register_buffer("_nonfinite_in_a_row", torch.zeros((), dtype=torch.long))
         self.register_buffer("_nonfinite_total", torch.zeros((), dtype=torch.long))
         self._perceptual: Any = None
-        self.val_codebook = CodebookUsage(quantizer.num_codes, quantizer.num_groups)
+        self.val_codebook = CodebookUsage(quantizer.num_codes, quantizer.num_codebooks)
 
     # ------------------------------------------------------------------ subclass interface
     @abc.abstractmethod
@@ -189,9 +191,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
     @property
     def token_shape(self) -> tuple[int, ...]:
         side = self.resolution // self.downsample_factor
-        if self.quantizer.layout == "multichannel":
-            return (side, side, self.quantizer.num_channels)
-        return (side, side)
+        return self.quantizer.index_shape((side, side))
 
     def check_images(self, x: Tensor) -> None:
         """Reject anything but float images (B, in_channels, H, W) in [-1, 1] of an accepted size."""
