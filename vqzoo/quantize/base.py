@@ -397,4 +397,7 @@ class GroupedLinear(nn.Module):
         return f"num_groups={G}, in_features={i}, out_features={o}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.shape[0] == 1:
+            # one group: a 2-D addmm, whose backward is about twice as fast as bmm's on the CPU
+            return torch.addmm(self.bias[0].float(), x[0], self.weight[0].float()).unsqueeze(0)
         return torch.baddbmm(self.bias.float(), x, self.weight.float())

@@ -37,9 +37,32 @@ from vqzoo.quantize.base import (
     Quantizer,
     QuantizerOutput,
     check_num_codes,
-    straight_through,
     zero_loss,
 )
+
+
+class _BoundRound(torch.autograd.Function):
+    """``(round(bound(h)) / ⌊L/2⌋, round(bound(h)))`` with the straight-through gradient, fused.
+
+    One tanh, one multiply-add and one rounding forward; three multiplies
+    backward (``g · c · (1 − t²)`` with ``c = h_L / ⌊L/2⌋``). The per-level
+    constants come expanded to the shape of ``h``: broadcasting a 4-wide last
+    axis is about 3x slower on the CPU than a same-shape operation.
+    """
+
+    @staticmethod
+    def forward(ctx, h, shift, half_l, neg_offset, inv_half_width, grad_scale):  # noqa: ANN001, ANN205
+        t = torch.tanh(h + shift)
+        rounded = torch.addcmul(neg_offset, t, half_l).round_()
+        ctx.save_for_backward(t, grad_scale)
+        ctx.mark_non_differentiable(rounded)
+        return rounded * inv_half_width, rounded
+
+    @staticmethod
+    def backward(ctx, g, _):  # noqa: ANN001, ANN205
+        t, c = ctx.saved_tensors
+        gc = g * c
+        return torch.addcmul(gc, gc, t * t, value=-1.0), None, None, None, None, None
 
 
 class FiniteScalarQuantizer(Quantizer):
@@ -96,6 +119,11 @@ class FiniteScalarQuantizer(Quantizer):
         basis = [math.prod(levels[:i]) for i in range(d)]
         self.register_buffer("_basis", torch.tensor(basis, dtype=torch.long), persistent=False)
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.long), persistent=False)
+        # mixed-radix index as one matrix product of the rounded values (exact while K < 2^53)
+        self._index_dtype = torch.float32 if num_codes < 2**24 else torch.float64
+        self.register_buffer("_basis_float", torch.tensor(basis, dtype=torch.float64), persistent=False)
+        self._index_offset = float(sum((L // 2) * b for L, b in zip(levels, basis)))  # Σ ⌊L_i/2⌋ · basis_i
+        self._expanded: dict[tuple, tuple[torch.Tensor, ...]] = {}
         if self.dim != d:
             self.project_in: GroupedLinear | None = GroupedLinear(num_groups, self.dim, d)
             self.project_out: GroupedLinear | None = GroupedLinear(num_groups, d, self.dim)
@@ -131,15 +159,32 @@ class FiniteScalarQuantizer(Quantizer):
         return (digits * self._basis).sum(-1)
 
     # ------------------------------------------------------------------ quantization
+    def _constants(self, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-level constants expanded to ``h``'s shape, cached per shape (see :class:`_BoundRound`)."""
+        key = (tuple(h.shape), h.device)
+        cached = self._expanded.get(key)
+        if cached is None or cached[0].device != h.device:
+            base = (self._shift, self._half_l, -self._offset, 1.0 / self._half_width, self._half_l / self._half_width)
+            cached = tuple(c.expand(h.shape).contiguous() for c in base)
+            if len(self._expanded) > 8:  # a few shapes (train, val, last batch) in practice
+                self._expanded.clear()
+            self._expanded[key] = cached
+        return cached
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
+        self._expanded.clear()  # cached constants follow the buffers to a new device or dtype
+        return super()._apply(fn, recurse)
+
     def quantize_vectors(self, x: torch.Tensor) -> QuantizerOutput:
         h = self.project_in(x) if self.project_in is not None else x
-        bounded = self.bound(h)
-        rounded = torch.round(bounded)
         # The value is the rounded grid point exactly (so lookup reproduces it); the
         # gradient of round is the identity, so dẑ/dz is the tanh's.
-        grid = straight_through(bounded, rounded) / self._half_width
-        digits = (rounded + self._half_width).long()
-        indices = self.digits_to_indices(digits)
+        grid, rounded = _BoundRound.apply(h, *self._constants(h))
+        if self.num_codes < 2**53:
+            basis = self._basis_float.to(self._index_dtype)
+            indices = (rounded.to(self._index_dtype) @ basis + self._index_offset).long()
+        else:
+            indices = self.digits_to_indices((rounded + self._half_width).long())
         quantized = self.project_out(grid) if self.project_out is not None else grid
         return QuantizerOutput(quantized=quantized, indices=indices, loss=zero_loss(x), losses={})
 

@@ -183,7 +183,9 @@ class VectorQuantizer(Quantizer):
     # ------------------------------------------------------------------ quantization
     def quantize_vectors(self, x: torch.Tensor) -> QuantizerOutput:
         codebook = self.codebook
-        if self.training and not bool(codebook.initialized):
+        # Only data-initialised codebooks can be uninitialised: the others never read the
+        # flag, so their training forward makes no host sync for it.
+        if self.training and codebook.init == "data" and not bool(codebook.initialized):
             codebook.init_from_data(x.detach())
         if codebook.distance == "cosine":
             x = F.normalize(x, dim=-1)
