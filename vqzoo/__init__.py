@@ -3,9 +3,13 @@
 from vqzoo.quantize import (
     Codebook,
     DeadCodeReset,
+    FiniteScalarQuantizer,
     GradientMagnitudeReset,
+    LookupFreeQuantizer,
     OrthogonalRegularizer,
+    Quantizer,
     QuantizerOutput,
+    ResidualQuantizer,
     VectorQuantizer,
 )
 
@@ -20,8 +24,12 @@ __all__ = [
     "DeadCodeReset",
     "GradientMagnitudeReset",
     "OrthogonalRegularizer",
+    "Quantizer",
     "QuantizerOutput",
     "VectorQuantizer",
+    "FiniteScalarQuantizer",
+    "LookupFreeQuantizer",
+    "ResidualQuantizer",
     "Tokenizer",
     "VQGAN",
     "QGVAE",

@@ -24,6 +24,16 @@ Decisions where the papers are silent:
   decays towards zero instead of exploding.
 * ``usage`` counts assignments since the last reset (int64, in the
   checkpoint); resets read and clear it.
+* ``parameterization="simvq"`` (SimVQ, Zhu et al. 2024, "Addressing
+  Representation Collapse in Vector Quantized Models with One Linear Layer"):
+  the stored codes ``C`` are frozen at their random initialisation and the
+  codes used are ``C W`` with a learned ``D × D`` matrix ``W`` per group
+  (bias-free, initialised like ``nn.Linear``). The codebook term's gradient
+  then moves every code at once through ``W``, so no code is left behind.
+  It is an option of the codebook, not a quantizer of its own, because only
+  :meth:`Codebook.vectors` changes: search, lookup, layouts, losses and the
+  rotation trick all stay the same code. EMA updates, resets and data init
+  write the stored codes directly and are refused with it.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from vqzoo.quantize.distributed import all_reduce_sum_, broadcast_
 Distance = Literal["l2", "cosine"]
 Update = Literal["gradient", "ema"]
 Init = Literal["uniform_inv_k", "uniform_half", "normal", "data"]
+Parameterization = Literal["direct", "simvq"]
 
 
 def sum_rows(index: torch.Tensor, src: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -90,6 +101,8 @@ class Codebook(nn.Module):
             N(0, 1), or ``"data"`` = random encoder outputs of the first
             training batch (chosen on rank 0 and broadcast).
         max_chunk_bytes: memory budget of one chunk of the search's score matrix.
+        parameterization: ``"direct"`` (the codes are the parameters) or
+            ``"simvq"`` (frozen random codes times a learned linear map; module doc).
     """
 
     def __init__(
@@ -103,6 +116,7 @@ class Codebook(nn.Module):
         eps: float = 1e-5,
         init: Init = "uniform_inv_k",
         max_chunk_bytes: int = 256 * 2**20,
+        parameterization: Parameterization = "direct",
     ) -> None:
         super().__init__()
         for name, value in (("num_codes", num_codes), ("dim", dim), ("num_groups", num_groups)):
@@ -123,6 +137,14 @@ class Codebook(nn.Module):
             raise ValueError(f"Codebook: eps must be > 0, got {eps}")
         if max_chunk_bytes < 1:
             raise ValueError(f"Codebook: max_chunk_bytes must be >= 1, got {max_chunk_bytes}")
+        if parameterization not in ("direct", "simvq"):
+            raise ValueError(f"Codebook: parameterization must be 'direct' or 'simvq', got {parameterization!r}")
+        if parameterization == "simvq" and (update != "gradient" or init == "data"):
+            raise ValueError(
+                "Codebook: parameterization='simvq' keeps the stored codes frozen and learns a linear map by "
+                f"gradient; it needs update='gradient' and an init other than 'data', got update={update!r}, "
+                f"init={init!r}"
+            )
         self.num_codes = num_codes
         self.dim = dim
         self.num_groups = num_groups
@@ -132,35 +154,66 @@ class Codebook(nn.Module):
         self.eps = eps
         self.init = init
         self.max_chunk_bytes = max_chunk_bytes
+        self.parameterization = parameterization
 
-        weight = torch.empty(num_groups, num_codes, dim)
-        if init == "uniform_inv_k":
-            weight.uniform_(-1.0 / num_codes, 1.0 / num_codes)
-        elif init == "uniform_half":
-            weight.uniform_(-0.5, 0.5)
-        else:  # "normal", and a placeholder for "data" until the first batch arrives
-            weight.normal_()
-        self.weight = nn.Parameter(weight, requires_grad=update == "gradient")
+        weight = self._initial_codes()
+        trainable = update == "gradient" and parameterization == "direct"
+        self.weight = nn.Parameter(weight, requires_grad=trainable)
+        if parameterization == "simvq":
+            bound = 1.0 / dim**0.5  # nn.Linear's default init of a D -> D map
+            self.linear = nn.Parameter(torch.empty(num_groups, dim, dim).uniform_(-bound, bound))
         self.register_buffer("initialized", torch.tensor(init != "data"))
         self.register_buffer("usage", torch.zeros(num_groups, num_codes, dtype=torch.long))
         if update == "ema":
             self.register_buffer("ema_count", torch.ones(num_groups, num_codes))
             self.register_buffer("ema_sum", weight.clone())
 
+    def _initial_codes(self) -> torch.Tensor:
+        weight = torch.empty(self.num_groups, self.num_codes, self.dim)
+        if self.init == "uniform_inv_k":
+            weight.uniform_(-1.0 / self.num_codes, 1.0 / self.num_codes)
+        elif self.init == "uniform_half":
+            weight.uniform_(-0.5, 0.5)
+        else:  # "normal", and a placeholder for "data" until the first batch arrives
+            weight.normal_()
+        return weight
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw fresh codes (and SimVQ map) by the init rule; EMA statistics and usage restart."""
+        self.weight.data.copy_(self._initial_codes())
+        if self.parameterization == "simvq":
+            bound = 1.0 / self.dim**0.5
+            self.linear.data.uniform_(-bound, bound)
+        self.initialized.fill_(self.init != "data")
+        self.usage.zero_()
+        if self.update == "ema":
+            self.ema_count.fill_(1.0)
+            self.ema_sum.copy_(self.weight.data)
+
     def extra_repr(self) -> str:
         return (
             f"num_groups={self.num_groups}, num_codes={self.num_codes}, dim={self.dim}, "
-            f"distance={self.distance}, update={self.update}, init={self.init}"
+            f"distance={self.distance}, update={self.update}, init={self.init}, "
+            f"parameterization={self.parameterization}"
         )
 
     # ------------------------------------------------------------------ vectors
+    def vectors(self) -> torch.Tensor:
+        """The code vectors before any normalisation, float32, (G, K, D): ``weight``, or ``C W`` for SimVQ."""
+        weight = self.weight.float()
+        if self.parameterization == "simvq":
+            return torch.bmm(weight, self.linear.float())
+        return weight
+
     def codes(self) -> torch.Tensor:
         """The code vectors used for search and lookup, float32, (G, K, D).
 
-        Carries the gradient to ``weight`` in gradient mode; normalised for cosine.
+        Carries the gradient to ``weight`` (or SimVQ's map) in gradient mode;
+        normalised for cosine.
         """
-        weight = self.weight.float()
-        return F.normalize(weight, dim=-1) if self.distance == "cosine" else weight
+        vectors = self.vectors()
+        return F.normalize(vectors, dim=-1) if self.distance == "cosine" else vectors
 
     def embed(self, indices: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
         """Code vectors for grouped indices ``(G, N)`` -> ``(G, N, D)``."""

@@ -42,3 +42,35 @@ def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(tensor, src=src)
     return tensor
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is the sum over ranks of the incoming gradients.
+
+    That is the gradient of a sum: with DDP averaging the parameter gradients
+    afterwards, a loss of the global statistic gets exactly the gradient it
+    would have in one process over all ranks' data.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = tensor.detach().clone().contiguous()
+        all_reduce_sum_(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        grad = grad.clone().contiguous()
+        all_reduce_sum_(grad)
+        return grad
+
+
+def differentiable_all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks that gradients flow through (a collective in forward and in backward).
+
+    Every rank must call it, and run the backward through it, with the same
+    shape (docs/pitfalls.md #3); a no-op (plus a copy) in a single process.
+    """
+    if not is_distributed():
+        return tensor
+    return _AllReduceSum.apply(tensor)

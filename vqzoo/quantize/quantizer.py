@@ -1,45 +1,48 @@
-"""Straight-through vector quantization for spatial, multichannel and per-token layouts.
-
-Layouts (the codebook always sees grouped vectors ``(G, N, D)``):
-
-==============  =====================  ====================  =====================
-layout          input ``z``            indices               groups
-==============  =====================  ====================  =====================
-spatial         (B, D, H, W)           (B, H, W)             G = 1
-multichannel    (B, M·D, H, W)         (B, H, W, M)          G = 1, channel chunk
-                                                             m = z[:, m·D:(m+1)·D]
-per_token       (B, T, D)              (B, T)                G groups; token t uses
-                                                             group t // (T / G)
-==============  =====================  ====================  =====================
+"""Vector quantization with a learned codebook, for every layout of :mod:`vqzoo.quantize.base`.
 
 Loss (float32, autocast off)::
 
     loss = β · ‖z − sg(e)‖² + w_cb · ‖sg(z) − e‖² + Σ regularizers(e)
 
-with β on the commitment term (never the legacy placement, docs/pitfalls.md #1) and
-``w_cb = codebook_loss_weight`` (1 by default; the QG-VAE reference weights
-commitment 1.0 and codebook 0.25, reached with ``beta=1.0,
-codebook_loss_weight=0.25``). With EMA updates the codebook term is dropped:
-the EMA moves the codes. Each ‖·‖² is a mean over elements. With cosine
-distance, ``z`` and the codes are L2-normalised first and ``quantized`` holds
-normalised codes.
+with β on the commitment term (never the legacy placement,
+docs/pitfalls.md #1) and ``w_cb = codebook_loss_weight`` (1 by default; the QG-VAE
+reference weights commitment 1.0 and codebook 0.25, reached with
+``beta=1.0, codebook_loss_weight=0.25``). With EMA updates the codebook term
+is dropped: the EMA moves the codes. Each ‖·‖² is a mean over elements. With
+cosine distance, ``z`` and the codes are L2-normalised first and
+``quantized`` holds normalised codes.
+
+Gradient to ``z`` (``gradient``):
+
+* ``"straight_through"``: the identity (VQ-VAE).
+* ``"rotation"``: the rotation trick (Fifty et al. 2024, "Restructuring
+  Vector Quantization with the Rotation Trick"). With ``ẑ = z/‖z‖``,
+  ``ê = e/‖e‖``, ``r = (ẑ + ê)/‖ẑ + ê‖``, ``R = I − 2 r rᵀ + 2 ê ẑᵀ`` (the
+  rotation taking ``ẑ`` to ``ê`` in their plane) and ``λ = ‖e‖/‖z‖``, the
+  output is ``λ R z = e`` with ``λ`` and ``R`` treated as constants, so
+  ``∂L/∂z = λ Rᵀ ∂L/∂e = λ (g − 2 r (rᵀg) + 2 ẑ (êᵀg))``. The forward value
+  is ``e`` itself, bit for bit; no D × D matrix is formed.
+
+Either way no decoder gradient reaches the codes: they learn from the codebook
+term (or the EMA) only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqzoo.quantize.codebook import Codebook, Distance, Init, Update
+from vqzoo.quantize.base import Layout, Quantizer, QuantizerOutput, straight_through
+from vqzoo.quantize.codebook import Codebook, Distance, Init, Parameterization, Update
 from vqzoo.quantize.regularizers import OrthogonalRegularizer
 from vqzoo.quantize.resets import CodebookReset
-from vqzoo.config import Configurable
 
-Layout = Literal["spatial", "multichannel", "per_token"]
+__all__ = ["Layout", "QuantizerOutput", "VectorQuantizer"]
+
+Gradient = Literal["straight_through", "rotation"]
 
 
 class _VQLoss(torch.autograd.Function):
@@ -67,40 +70,36 @@ class _VQLoss(torch.autograd.Function):
         return gx, ge
 
 
-class _StraightThrough(torch.autograd.Function):
-    """Value of ``e``, identity gradient to ``x``, no gradient to ``e``."""
+class _RotationTrick(torch.autograd.Function):
+    """Value of ``e``; gradient ``λ Rᵀ g`` to ``x`` (module doc), none to ``e``."""
+
+    # ‖z‖ below this is treated as this, so a zero vector gets a finite (large) scale
+    eps = 1e-6
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x, e)
         return e.detach().clone()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
-        return grad, None
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        x, e = ctx.saved_tensors
+        x_norm = x.norm(dim=-1, keepdim=True).clamp_min(_RotationTrick.eps)
+        e_norm = e.norm(dim=-1, keepdim=True)
+        x_hat, e_hat = x / x_norm, e / e_norm.clamp_min(_RotationTrick.eps)
+        r = F.normalize(x_hat + e_hat, dim=-1)
+        rg = (r * g).sum(-1, keepdim=True)
+        eg = (e_hat * g).sum(-1, keepdim=True)
+        return (e_norm / x_norm) * (g - 2.0 * r * rg + 2.0 * x_hat * eg), None
 
 
-@dataclass
-class QuantizerOutput:
-    """What :class:`VectorQuantizer` returns.
-
-    ``quantized`` has the shape of the input with a straight-through gradient;
-    ``loss`` is the scalar to add to the training objective; ``losses`` holds
-    its named parts as they enter ``loss`` (so they sum to it).
-    """
-
-    quantized: torch.Tensor
-    indices: torch.Tensor
-    loss: torch.Tensor
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-class VectorQuantizer(Configurable, nn.Module):
-    """The shared discrete bottleneck.
+class VectorQuantizer(Quantizer):
+    """Nearest-code quantization against a learned :class:`Codebook`.
 
     Args:
         num_codes: K, codes per codebook (the vocabulary size).
         dim: D, dimension of one code.
-        layout: ``"spatial"``, ``"multichannel"`` or ``"per_token"`` (see module doc).
+        layout: ``"spatial"``, ``"multichannel"`` or ``"per_token"`` (see :mod:`vqzoo.quantize.base`).
         num_channels: M, quantized chunks per position in the multichannel layout.
         num_groups: G, independent codebooks in the per-token layout.
         beta: weight of the commitment term ‖z − sg(e)‖².
@@ -112,7 +111,12 @@ class VectorQuantizer(Configurable, nn.Module):
         init: codebook initialisation (see :class:`Codebook`).
         regularizers: codebook regularizers, e.g. ``[OrthogonalRegularizer(10)]``.
         reset: a :class:`DeadCodeReset` or :class:`GradientMagnitudeReset`.
-        check_finite: reject NaN/Inf inputs with a ValueError (one host sync per call).
+        gradient: ``"straight_through"`` or ``"rotation"`` (module doc).
+        parameterization: ``"direct"`` or ``"simvq"`` (a frozen random codebook
+            times a learned linear map; see :class:`Codebook`).
+        check_inputs: validate ``z`` in forward (shape, dtype and, with
+            ``check_finite``, finiteness: one host sync). Tokenizers switch it off.
+        check_finite: the finiteness part of that check.
         max_chunk_bytes: memory budget of the chunked nearest-code search.
     """
 
@@ -132,23 +136,21 @@ class VectorQuantizer(Configurable, nn.Module):
         init: Init = "uniform_inv_k",
         regularizers: list[OrthogonalRegularizer] | None = None,
         reset: CodebookReset | None = None,
+        gradient: Gradient = "straight_through",
+        parameterization: Parameterization = "direct",
+        check_inputs: bool = True,
         check_finite: bool = True,
         max_chunk_bytes: int = 256 * 2**20,
     ) -> None:
-        super().__init__()
-        if layout not in ("spatial", "multichannel", "per_token"):
-            raise ValueError(f"VectorQuantizer: layout must be spatial, multichannel or per_token, got {layout!r}")
-        if not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"VectorQuantizer: num_channels must be an integer >= 1, got {num_channels!r}")
-        if layout != "multichannel" and num_channels != 1:
-            raise ValueError(f"VectorQuantizer: num_channels={num_channels} needs layout='multichannel'")
-        if layout != "per_token" and num_groups != 1:
-            raise ValueError(f"VectorQuantizer: num_groups={num_groups} needs layout='per_token'")
+        self_name = type(self).__name__
+        super().__init__(dim, layout=layout, num_channels=num_channels, num_groups=num_groups, check_inputs=check_inputs)
         if beta < 0 or codebook_loss_weight < 0:
-            raise ValueError("VectorQuantizer: beta and codebook_loss_weight must be >= 0")
+            raise ValueError(f"{self_name}: beta and codebook_loss_weight must be >= 0")
+        if gradient not in ("straight_through", "rotation"):
+            raise ValueError(f"{self_name}: gradient must be 'straight_through' or 'rotation', got {gradient!r}")
         self.codebook = Codebook(
             num_codes, dim, num_groups=num_groups, distance=distance, update=update,
-            decay=decay, eps=eps, init=init, max_chunk_bytes=max_chunk_bytes,
+            decay=decay, eps=eps, init=init, max_chunk_bytes=max_chunk_bytes, parameterization=parameterization,
         )
         regularizers = list(regularizers or [])
         if regularizers and update == "ema":
@@ -156,14 +158,18 @@ class VectorQuantizer(Configurable, nn.Module):
                 "VectorQuantizer: codebook regularizers act through the codebook's gradient, "
                 "but update='ema' codebooks have none; use update='gradient' or drop the regularizers"
             )
+        if reset is not None and parameterization == "simvq":
+            raise ValueError(
+                "VectorQuantizer: parameterization='simvq' keeps the stored codes frozen (every code moves "
+                "through the learned map, so none is dead); drop the reset"
+            )
         self.regularizers = nn.ModuleList(regularizers)
         self.reset = reset
         if reset is not None:
             reset.attach(self.codebook)
-        self.layout = layout
-        self.num_channels = num_channels
         self.beta = beta
         self.codebook_loss_weight = codebook_loss_weight
+        self.gradient = gradient
         self.check_finite = check_finite
 
     # ------------------------------------------------------------------ properties
@@ -171,182 +177,55 @@ class VectorQuantizer(Configurable, nn.Module):
     def num_codes(self) -> int:
         return self.codebook.num_codes
 
-    @property
-    def vocab_size(self) -> int:
-        return self.codebook.num_codes
-
-    @property
-    def dim(self) -> int:
-        return self.codebook.dim
-
-    @property
-    def num_groups(self) -> int:
-        return self.codebook.num_groups
-
-    @property
-    def feature_dim(self) -> int:
-        """Channels (or token width) the quantizer expects in ``z``."""
-        return self.dim * self.num_channels
-
     def extra_repr(self) -> str:
-        return f"layout={self.layout}, num_channels={self.num_channels}, beta={self.beta}"
+        return f"{super().extra_repr()}, beta={self.beta}, gradient={self.gradient}"
 
-    # ------------------------------------------------------------------ layout plumbing
-    def _check_input(self, z: torch.Tensor) -> None:
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
-            got = z.dtype if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"VectorQuantizer expects a floating-point tensor, got {got}")
-        if self.layout == "per_token":
-            ok = z.dim() == 3 and z.shape[2] == self.dim and z.shape[1] % self.num_groups == 0
-            expected = f"(B, T, {self.dim}) with T a multiple of num_groups={self.num_groups}"
-        else:
-            ok = z.dim() == 4 and z.shape[1] == self.feature_dim
-            expected = f"(B, {self.feature_dim}, H, W)"
-            if self.layout == "multichannel":
-                expected += f" = {self.num_channels} channels x dim {self.dim}"
-        if not ok:
-            raise ValueError(
-                f"VectorQuantizer ({self.layout}) expects z of shape {expected}, got {tuple(z.shape)}"
-            )
-        if z.numel() == 0:
-            raise ValueError(f"VectorQuantizer received an empty tensor of shape {tuple(z.shape)}")
-        # One pass: a float64 sum is finite iff every element is (no overflow from float32 inputs).
-        if self.check_finite and not bool(torch.isfinite(z.detach().sum(dtype=torch.float64))):
-            raise ValueError("VectorQuantizer received NaN or Inf values in z; expected finite features")
-
-    def _group(self, z: torch.Tensor) -> torch.Tensor:
-        """Layout tensor -> grouped vectors (G, N, D)."""
-        D = self.dim
-        if self.layout == "per_token":
-            B, T, _ = z.shape
-            G = self.num_groups
-            return z.reshape(B, G, T // G, D).transpose(0, 1).reshape(G, -1, D)
-        # (B, M·D, H, W) -> (B, H, W, M·D) -> (1, B·H·W·M, D); spatial is M = 1.
-        return z.permute(0, 2, 3, 1).reshape(1, -1, D)
-
-    def _ungroup(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """Grouped vectors (G, N, D) -> the layout's tensor of ``shape``."""
-        if self.layout == "per_token":
-            B, T, D = shape
-            G = self.num_groups
-            return x.reshape(G, B, T // G, D).transpose(0, 1).reshape(B, T, D)
-        B, C, H, W = shape
-        # contiguous NCHW: a channels-last view would make every decoder conv after it
-        # run channels-last, which is slower on CPU (convolution and GroupNorm backward)
-        return x.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
-
-    def _index_shape(self, shape: torch.Size) -> tuple[int, ...]:
-        if self.layout == "per_token":
-            return (shape[0], shape[1])
-        B, _, H, W = shape
-        return (B, H, W, self.num_channels) if self.layout == "multichannel" else (B, H, W)
-
-    def _group_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Layout indices -> grouped indices (G, N)."""
-        if self.layout == "per_token":
-            B, T = indices.shape
-            G = self.num_groups
-            return indices.reshape(B, G, T // G).transpose(0, 1).reshape(G, -1)
-        return indices.reshape(1, -1)
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        self._check_input(z)
+    # ------------------------------------------------------------------ quantization
+    def quantize_vectors(self, x: torch.Tensor) -> QuantizerOutput:
         codebook = self.codebook
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            x = self._group(z.float())
-            if self.training and not bool(codebook.initialized):
-                codebook.init_from_data(x.detach())
-            if codebook.distance == "cosine":
-                x = F.normalize(x, dim=-1)
-            codes = codebook.codes()
-            idx = codebook.nearest(x.detach(), codes)
-            e = codebook.embed(idx, codes)
+        # Only data-initialised codebooks can be uninitialised: the others never read the
+        # flag, so their training forward makes no host sync for it.
+        if self.training and codebook.init == "data" and not bool(codebook.initialized):
+            codebook.init_from_data(x.detach())
+        if codebook.distance == "cosine":
+            x = F.normalize(x, dim=-1)
+        codes = codebook.codes()
+        idx = codebook.nearest(x.detach(), codes)
+        e = codebook.embed(idx, codes)
 
-            commitment, codebook_term = _VQLoss.apply(x, e)
-            losses = {"commitment": self.beta * commitment}
-            if codebook.update == "gradient":
-                losses["codebook"] = self.codebook_loss_weight * codebook_term
-            for reg in self.regularizers:
-                losses[getattr(reg, "name", type(reg).__name__)] = reg(codebook.weight)
-            loss = torch.stack(list(losses.values())).sum()
+        commitment, codebook_term = _VQLoss.apply(x, e)
+        losses = {"commitment": self.beta * commitment}
+        if codebook.update == "gradient":
+            losses["codebook"] = self.codebook_loss_weight * codebook_term
+        for reg in self.regularizers:
+            losses[getattr(reg, "name", type(reg).__name__)] = reg(codebook.vectors())
+        loss = torch.stack(list(losses.values())).sum()
 
-            if self.training:
-                counts = codebook.histogram(idx)
-                codebook.record_usage(counts)
-                if self.reset is not None:
-                    self.reset.observe(codebook, x.detach(), idx)
-                if codebook.update == "ema":
-                    codebook.ema_update(x.detach(), idx, counts)
+        if self.training:
+            counts = codebook.histogram(idx)
+            codebook.record_usage(counts)
+            if self.reset is not None:
+                self.reset.observe(codebook, x.detach(), idx)
+            if codebook.update == "ema":
+                codebook.ema_update(x.detach(), idx, counts)
 
-            # Straight-through: the value is exactly e (so lookup(indices) reproduces it
-            # bit for bit), the gradient is the identity to z, and no decoder gradient
-            # reaches the codes (they learn from the codebook term or the EMA only).
-            quantized = _StraightThrough.apply(x, e)
-            quantized = self._ungroup(quantized, z.shape).to(z.dtype)
-        indices = self._ungroup_indices(idx, z.shape)
-        return QuantizerOutput(quantized=quantized, indices=indices, loss=loss, losses=losses)
+        # The value is exactly e (so lookup(indices) reproduces it bit for bit); the
+        # gradient is the identity or the rotation trick's, and never reaches the codes.
+        if self.gradient == "rotation":
+            quantized = _RotationTrick.apply(x, e)
+        else:
+            quantized = straight_through(x, e)
+        return QuantizerOutput(quantized=quantized, indices=idx, loss=loss, losses=losses)
 
-    def _ungroup_indices(self, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        if self.layout == "per_token":
-            B, T = shape[0], shape[1]
-            G = self.num_groups
-            return idx.reshape(G, B, T // G).transpose(0, 1).reshape(B, T)
-        return idx.reshape(self._index_shape(shape))
-
-    # ------------------------------------------------------------------ decoding
-    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code vectors for ``indices`` in the layout's feature shape (no gradient to z).
-
-        spatial (B, H, W) -> (B, D, H, W); multichannel (B, H, W, M) -> (B, M·D, H, W);
-        per_token (B, T) -> (B, T, D).
-        """
-        if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.is_complex():
-            got = indices.dtype if isinstance(indices, torch.Tensor) else type(indices).__name__
-            raise ValueError(f"VectorQuantizer.lookup expects integer indices, got {got}")
-        expected_dims = {"spatial": 3, "multichannel": 4, "per_token": 2}[self.layout]
-        if indices.dim() != expected_dims:
-            raise ValueError(
-                f"VectorQuantizer.lookup ({self.layout}) expects indices with {expected_dims} dims "
-                f"{ {'spatial': '(B, H, W)', 'multichannel': '(B, H, W, M)', 'per_token': '(B, T)'}[self.layout]}, "
-                f"got shape {tuple(indices.shape)}"
-            )
-        if self.layout == "multichannel" and indices.shape[-1] != self.num_channels:
-            raise ValueError(
-                f"VectorQuantizer.lookup expects M={self.num_channels} channel indices in the last "
-                f"dimension, got shape {tuple(indices.shape)}"
-            )
-        if self.layout == "per_token" and indices.shape[1] % self.num_groups != 0:
-            raise ValueError(
-                f"VectorQuantizer.lookup expects T a multiple of num_groups={self.num_groups}, "
-                f"got shape {tuple(indices.shape)}"
-            )
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_codes):
-            raise ValueError(
-                f"VectorQuantizer.lookup expects indices in [0, {self.num_codes}), got values in "
-                f"[{int(indices.min())}, {int(indices.max())}]"
-            )
-        indices = indices.long()
-        idx = self._group_indices(indices)
-        e = self.codebook.embed(idx)
-        if self.layout == "per_token":
-            B, T = indices.shape
-            return self._ungroup(e, torch.Size((B, T, self.dim)))
-        B, H, W = indices.shape[:3]
-        return self._ungroup(e, torch.Size((B, self.feature_dim, H, W)))
+    def lookup_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.codebook.embed(codes)
 
     # ------------------------------------------------------------------ training hooks
-    def histogram(self, indices: torch.Tensor) -> torch.Tensor:
-        """Counts (G, K) of layout indices, for codebook usage and perplexity metrics."""
-        return self.codebook.histogram(self._group_indices(indices.long()))
-
     def after_backward(self) -> None:
-        """Call after each backward pass that reaches the codebook (gradient resets read grads)."""
         if self.reset is not None:
             self.reset.after_backward(self.codebook)
 
     def after_step(self) -> int:
-        """Call after each optimizer step; applies a due reset. Returns codes moved."""
         if self.reset is None:
             return 0
         return self.reset.after_step(self.codebook)

@@ -55,7 +55,7 @@ from vqzoo.io import make_grid, save_png
 from vqzoo.losses.adversarial import AdversarialLoss
 from vqzoo.metrics.codebook import CodebookUsage
 from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learning_rates, spec
-from vqzoo.quantize import QuantizerOutput, VectorQuantizer
+from vqzoo.quantize import Quantizer, QuantizerOutput
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,7 +66,8 @@ class Tokenizer(L.LightningModule, abc.ABC):
     """Shared base of every image tokenizer.
 
     Args:
-        quantizer: the shared :class:`~vqzoo.quantize.VectorQuantizer`.
+        quantizer: any :class:`~vqzoo.quantize.Quantizer` (VQ, FSQ, LFQ, residual).
+            Its own input check is switched off: the tokenizer checks at its door.
         in_channels: image channels accepted.
         resolution: image size the model is built for.
         reconstruction_loss: ``"l1"`` (taming, TE-VQGAN) or ``"l2"`` (MoVQ).
@@ -112,7 +113,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
 
     def __init__(
         self,
-        quantizer: VectorQuantizer,
+        quantizer: Quantizer,
         in_channels: int = 3,
         resolution: int = 64,
         reconstruction_loss: Literal["l1", "l2"] = "l1",
@@ -134,8 +135,8 @@ class Tokenizer(L.LightningModule, abc.ABC):
         num_val_images: int = 8,
     ) -> None:
         super().__init__()
-        if not isinstance(quantizer, VectorQuantizer):
-            raise ValueError(f"quantizer must be a vqzoo VectorQuantizer, got {type(quantizer).__name__}")
+        if not isinstance(quantizer, Quantizer):
+            raise ValueError(f"quantizer must be a vqzoo Quantizer, got {type(quantizer).__name__}")
         if reconstruction_loss not in ("l1", "l2"):
             raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {reconstruction_loss!r}")
         if in_channels < 1 or resolution < 1:
@@ -153,6 +154,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
         self.remove_ignored_hparams([k for k in OPTIMIZER_ARGS if callable(self.hparams.get(k))])
         self.automatic_optimization = False
         self.quantizer = quantizer
+        quantizer.check_inputs = False  # images are checked at the tokenizer's door; no second sync
         self.adversarial = adversarial
         self.in_channels = in_channels
         self.resolution = resolution
@@ -181,7 +183,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
         self.register_buffer("_nonfinite_in_a_row", torch.zeros((), dtype=torch.long))
         self.register_buffer("_nonfinite_total", torch.zeros((), dtype=torch.long))
         self._perceptual: Any = None
-        self.val_codebook = CodebookUsage(quantizer.num_codes, quantizer.num_groups)
+        self.val_codebook = CodebookUsage(quantizer.num_codes, quantizer.num_codebooks)
 
     # ------------------------------------------------------------------ subclass interface
     @abc.abstractmethod
@@ -213,9 +215,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
     @property
     def token_shape(self) -> tuple[int, ...]:
         side = self.resolution // self.downsample_factor
-        if self.quantizer.layout == "multichannel":
-            return (side, side, self.quantizer.num_channels)
-        return (side, side)
+        return self.quantizer.index_shape((side, side))
 
     def check_images(self, x: Tensor, values: bool = True) -> None:
         """Reject anything but float images (B, in_channels, H, W) of an accepted size (and, with ``values``, finite in [-1, 1])."""

@@ -33,7 +33,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from vqzoo.nn.convnet import Decoder, Encoder
-from vqzoo.quantize import VectorQuantizer
+from vqzoo.quantize import Quantizer
 from vqzoo.tokenizers.base import Tokenizer
 
 __all__ = ["MoVQ"]
@@ -129,7 +129,7 @@ class MoVQ(Tokenizer):
 
     def __init__(
         self,
-        quantizer: VectorQuantizer,
+        quantizer: Quantizer,
         in_channels: int = 3,
         resolution: int = 256,
         ch: int = 128,
@@ -140,8 +140,8 @@ class MoVQ(Tokenizer):
         dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(quantizer, VectorQuantizer):
-            raise ValueError(f"MoVQ needs a vqzoo VectorQuantizer, got {type(quantizer).__name__}")
+        if not isinstance(quantizer, Quantizer):
+            raise ValueError(f"MoVQ needs a vqzoo Quantizer, got {type(quantizer).__name__}")
         if quantizer.layout not in ("multichannel", "spatial"):
             raise ValueError(
                 "MoVQ needs a quantizer with layout='multichannel' (num_channels=M codes per position) "

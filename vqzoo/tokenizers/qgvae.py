@@ -88,7 +88,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqzoo.nn.unet import QGUNet
-from vqzoo.quantize import VectorQuantizer
+from vqzoo.quantize import Quantizer
 from vqzoo.tokenizers.base import Tokenizer
 
 __all__ = ["HeadwiseLinear", "QGEncoder", "QGDecoder", "QGVAE", "OrderedDropout"]
@@ -252,7 +252,7 @@ class QGVAE(Tokenizer):
 
     def __init__(
         self,
-        quantizer: VectorQuantizer,
+        quantizer: Quantizer,
         num_tokens: int = 64,
         token_dim: int = 64,
         downscale_power: int = 0,
@@ -331,7 +331,7 @@ class QGVAE(Tokenizer):
     # ------------------------------------------------------------------ tokenizer interface
     @property
     def token_shape(self) -> tuple[int, ...]:
-        return (self.num_tokens,)
+        return self.quantizer.index_shape((self.num_tokens,))
 
     @property
     def latent_resolution(self) -> int:
@@ -358,9 +358,10 @@ class QGVAE(Tokenizer):
         With ``keep=k`` tokens ``k, ..., C-1`` are zeroed exactly as the ordered
         dropout zeroes them in training, so the output does not depend on them.
         """
-        if not isinstance(indices, Tensor) or indices.dim() != 2 or indices.shape[1] != self.num_tokens:
+        if not isinstance(indices, Tensor) or tuple(indices.shape[1:]) != self.token_shape:
             got = tuple(indices.shape) if isinstance(indices, Tensor) else type(indices).__name__
-            raise ValueError(f"QGVAE.detokenize expects indices of shape (B, {self.num_tokens}), got {got}")
+            expected = ", ".join(map(str, self.token_shape))
+            raise ValueError(f"QGVAE.detokenize expects indices of shape (B, {expected}), got {got}")
         quantized = self.quantizer.lookup(indices)
         if keep is not None:
             if not isinstance(keep, int) or isinstance(keep, bool) or not 0 <= keep <= self.num_tokens:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from vqzoo.nn.convnet import Decoder, Encoder
 from vqzoo.nn.sampling import DownsampleMethod
-from vqzoo.quantize import VectorQuantizer
+from vqzoo.quantize import Quantizer
 from vqzoo.tokenizers.base import Tokenizer
 
 
@@ -29,8 +29,8 @@ class VQGAN(Tokenizer):
     """Taming-style convolutional VQ tokenizer.
 
     Args:
-        quantizer: the shared quantizer (spatial or multichannel layout); its
-            ``feature_dim`` is the width of the quantized map.
+        quantizer: any vqzoo quantizer in the spatial or multichannel layout;
+            its ``feature_dim`` is the width of the quantized map.
         in_channels: image channels.
         resolution: nominal image size (places attention; other sizes divisible
             by the downsampling factor are accepted).
@@ -44,7 +44,7 @@ class VQGAN(Tokenizer):
 
     def __init__(
         self,
-        quantizer: VectorQuantizer,
+        quantizer: Quantizer,
         in_channels: int = 3,
         resolution: int = 64,
         ch: int = 128,
