@@ -6,6 +6,8 @@ subclass mode (``model: {class_path: ..., init_args: ...}``). Extra commands:
 * ``vqzoo export --ckpt C --out DIR``: weights as safetensors plus config.json.
 * ``vqzoo encode --tokenizer CKPT_OR_DIR --data DATA.yaml --out DIR``: a token dataset.
 * ``vqzoo sample --prior CKPT_OR_DIR --n 64 --out DIR``: tokens and an image grid.
+* ``vqzoo convert taming|diffusers ... --out DIR``: a pretrained peer tokenizer as an
+  export directory (:mod:`vqzoo.cli.convert`).
 
 Defaults a user of the field expects: a rich progress bar, TensorBoard and
 CSV logs under ``runs/``, a ``last.ckpt`` checkpoint, and the config saved
@@ -104,12 +106,25 @@ def _export(argv: list[str]) -> int:
     from vqzoo.checkpoint import export_model, load_model
 
     p = argparse.ArgumentParser(prog="vqzoo export", description="Export a checkpoint as safetensors + config.json")
-    p.add_argument("--ckpt", required=True, help="a .ckpt written by `vqzoo fit`")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--ckpt", required=True, help="a .ckpt written by `vqzoo fit` (or, with --push-to-hub, an export dir)")
+    p.add_argument("--out", default=None, help="output directory (required unless pushing an export directory)")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the export to this Hub repo (user/name)")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     a = p.parse_args(argv)
-    model = load_model(a.ckpt)
-    out = export_model(model, a.out)
-    print(f"exported {type(model).__name__} to {out}")
+    from vqzoo import hub
+
+    if Path(a.ckpt).is_dir() and a.out is None and a.push_to_hub:
+        out = Path(a.ckpt)  # an export directory (e.g. from `vqzoo convert`): pushed as it is
+        load_model(out)  # refuse to push something that does not load
+    elif a.out is None:
+        p.error("--out is required (only an export directory can be pushed without it)")
+    else:
+        model = load_model(a.ckpt)
+        out = export_model(model, a.out)
+        print(f"exported {type(model).__name__} to {out}")
+    if a.push_to_hub:
+        url = hub.push_to_hub(out, a.push_to_hub, private=a.private or None)
+        print(f"pushed {out} to {url}")
     return 0
 
 
@@ -183,7 +198,13 @@ def _sample(argv: list[str]) -> int:
     return 0
 
 
-EXTRA_COMMANDS = {"export": _export, "encode": _encode, "sample": _sample}
+def _convert(argv: list[str]) -> int:
+    from vqzoo.cli.convert import main as convert_main
+
+    return convert_main(argv)
+
+
+EXTRA_COMMANDS = {"export": _export, "encode": _encode, "sample": _sample, "convert": _convert}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in EXTRA_COMMANDS:
         try:
             return EXTRA_COMMANDS[argv[0]](argv[1:])
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
             print(f"vqzoo {argv[0]}: error: {err}", file=sys.stderr)
             return 2
     # From the shell LightningCLI reads sys.argv itself; passing it again as args warns.
