@@ -420,10 +420,20 @@ def test_hub_ids_offline_fail_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE"):
         convert_diffusers("kandinsky-community/kandinsky-2-2-decoder", tmp_path / "out")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    with pytest.raises(hub.HubError, match="cannot download"):
+    with pytest.raises(hub.HubError, match="cannot be downloaded"):
         load_model("someone/some-tokenizer")
     assert calls[-1].get("etag_timeout") is not None  # the online try had a short timeout
     assert not (tmp_path / "out").exists()
+    # local-looking paths never go online: a missing one is "not found"
+    calls.clear()
+    for local in ("missing.ckpt", "exports/te_vqgan.safetensors", str(tmp_path / "nowhere")):
+        with pytest.raises(FileNotFoundError):
+            load_model(local)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exports").mkdir()
+    with pytest.raises(FileNotFoundError):
+        load_model("exports/te_vqgan")
+    assert calls == []
 
 
 def test_push_and_load_through_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

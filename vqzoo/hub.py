@@ -38,10 +38,21 @@ class HubError(ValueError):
     """The Hub could not be reached or refused the request, with the reason."""
 
 
+_FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".json", ".yaml", ".yml")
+
+
 def is_hub_id(value: str | os.PathLike) -> bool:
-    """Whether ``value`` names a Hub repository rather than a local path."""
+    """Whether ``value`` names a Hub repository rather than a local path.
+
+    ``owner/name`` that does not exist locally, whose ``owner`` is not a local
+    directory either and which does not end like a file (``.ckpt``, ...):
+    so a mistyped local path still reads "not found" rather than going online.
+    """
     text = os.fspath(value)
-    return not Path(text).exists() and bool(_HUB_ID.match(text)) and not text.startswith((".", "/", "~"))
+    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")) or Path(text).exists():
+        return False
+    owner = text.split("/", 1)[0]
+    return not Path(owner).exists() and not text.split("@", 1)[0].lower().endswith(_FILE_SUFFIXES)
 
 
 def _offline() -> bool:
@@ -76,9 +87,9 @@ def download(repo_id: str, allow_patterns: list[str] | None = None, revision: st
         pass
     if _offline():
         raise HubError(
-            f"cannot download {repo_id!r} from the Hugging Face Hub: HF_HUB_OFFLINE is set and the "
-            "repository is not in the local cache. Download it where there is network "
-            f"(huggingface-cli download {repo_id}) or pass a local directory"
+            f"{repo_id!r} is not a local path, and as a Hugging Face Hub id it cannot be downloaded: "
+            "HF_HUB_OFFLINE is set and the repository is not in the local cache. Download it where there "
+            f"is network (huggingface-cli download {repo_id}) or pass a local directory"
         )
     timeout = float(os.environ.get("VQZOO_HUB_TIMEOUT", "5"))
     try:
@@ -86,7 +97,8 @@ def download(repo_id: str, allow_patterns: list[str] | None = None, revision: st
     except Exception as err:  # huggingface_hub raises many types; all mean "not available"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HubError(
-            f"cannot download {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {first}). "
+            f"{repo_id!r} is not a local path, and as a Hugging Face Hub id it cannot be downloaded "
+            f"({type(err).__name__}: {first}). "
             "Without network, download it elsewhere and pass the local directory; "
             "set HF_HUB_OFFLINE=1 to fail at once"
         ) from err

@@ -96,7 +96,7 @@ def read_diffusers_model(
         if subfolder:
             patterns = [f"{subfolder}/config.json"] + [f"{subfolder}/{w}" for w in _WEIGHT_FILES]
         else:
-            patterns = ["config.json", *_WEIGHT_FILES, "movq/*", "vqvae/*"]
+            patterns = [f"{d}{f}" for d in ("", "movq/", "vqvae/") for f in ("config.json", *_WEIGHT_FILES)]
         root = hub.download(os.fspath(model), allow_patterns=patterns)
     else:
         root = Path(model)
