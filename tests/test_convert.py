@@ -265,6 +265,9 @@ def test_diffusers_parity(tmp_path: Path, case: str) -> None:
         img_fwd, _ = model(x)
     _record(case, idx_ref, idx, img_ref, img)
     assert (img_fwd - img_ref).abs().max().item() <= TOL
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["converted_from"]["original_config"]["norm_type"] == kw["norm_type"]
+    assert meta["config"]["reconstruction_loss"] == ("l2" if kw["norm_type"] == "spatial" else "l1")
 
 
 def test_diffusers_bin_weights_and_pipeline_subfolder(tmp_path: Path) -> None:

@@ -197,11 +197,17 @@ def diffusers_to_vqzoo_config(
         "z_channels": latent,
         "dropout": 0.0,
     }
+    # diffusers files carry no training settings: fine-tuning gets each family's reference recipe.
     if norm_type == "group":
-        config.update({"downsample": "strided_conv", "replicate_padding": False})
+        config.update({"downsample": "strided_conv", "replicate_padding": False,
+                       "reconstruction_loss": "l1", "perceptual_weight": 1.0})
         class_path = VQGAN_CLASS
+        notes.append("fine-tuning losses: taming's recipe (L1 + 1.0 LPIPS); the file holds no training settings")
     else:
+        config.update({"reconstruction_loss": "l2", "perceptual_weight": 0.1})
         class_path = MOVQ_CLASS
+        notes.append("fine-tuning losses: the MoVQ reference recipe (L2 + 0.1 LPIPS, reference-implementations C); "
+                     "the file holds no training settings")
     notes.append("quantizer loss: diffusers' VectorQuantizer (legacy=True) puts beta on the codebook term; "
                  + ("this export puts beta=0.25 on the commitment term (pitfalls #1); tokens and reconstructions "
                     "are unchanged, fine-tuning gradients differ" if quantizer_loss == "vqzoo"
