@@ -23,7 +23,7 @@ import torch
 import yaml
 from torch import nn
 
-from vqzoo.checkpoint import CheckpointError, load_model
+from vqzoo.checkpoint import load_model
 from vqzoo.cli import main
 from vqzoo.convert import ConversionError, UnsupportedError, convert_diffusers, convert_taming
 
