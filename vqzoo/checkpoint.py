@@ -176,10 +176,17 @@ def load(path: str | os.PathLike, expected: type | None = None, **overrides: Any
     model comes back in eval mode on the CPU; the caller's RNG is untouched.
 
     Args:
-        path: a ``.ckpt`` written by ``vqzoo fit`` or a directory written by ``vqzoo export``.
+        path: a ``.ckpt`` written by ``vqzoo fit``, a directory written by ``vqzoo export``
+            or ``vqzoo convert``, or a Hugging Face Hub id (``user/repo[@revision]``) of a
+            pushed export directory: downloaded (cache first, see :mod:`vqzoo.hub`);
+            offline it fails at once with a :class:`~vqzoo.hub.HubError` that says so.
         expected: a class; a checkpoint of another model class is an error that names both.
         overrides: replace constructor arguments (e.g. ``tokenizer="other.ckpt"`` for a prior).
     """
+    from vqzoo import hub
+
+    if hub.is_hub_id(path):
+        path = hub.download(os.fspath(path), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "*.md"])
     path = Path(path)
     if path.is_dir():
         cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -217,6 +224,37 @@ def load(path: str | os.PathLike, expected: type | None = None, **overrides: Any
         raise CheckpointError(f"cannot rebuild {class_path} from {source}: {err}") from err
     _load_state(model, state, source)
     return model.eval()
+
+
+def build_model(class_path: str, config: dict[str, Any]) -> L.LightningModule:
+    """A fresh model of a trusted ``class_path`` from plain config (as in ``config.json``)."""
+    cls = resolve_class(class_path)
+    try:
+        return _instantiate(cls, dict(config), {})
+    except TypeError as err:
+        raise CheckpointError(f"cannot build {class_path} from its config: {err}") from err
+
+
+class LoadWeights(L.Callback):
+    """Start ``fit`` from the weights of an export directory, a ``.ckpt`` or a Hub id.
+
+    Fine-tuning a converted or exported model: the model section of the fit
+    config must describe the same model (``vqzoo convert`` writes such a config
+    as ``finetune.yaml`` beside the export). The weights are loaded in
+    ``setup("fit")`` with every key and shape checked; optimizers start fresh.
+    Resuming with ``--ckpt_path`` still wins: Lightning restores that
+    checkpoint after ``setup``.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        source = load(self.path)
+        state = source.state_dict()
+        _load_state(pl_module, state, str(self.path))
 
 
 def model_config(model: L.LightningModule) -> dict[str, Any]:

@@ -6,6 +6,8 @@ subclass mode (``model: {class_path: ..., init_args: ...}``). Extra commands:
 * ``vqzoo export --ckpt C --out DIR``: weights as safetensors plus config.json.
 * ``vqzoo encode --tokenizer CKPT_OR_DIR --data DATA.yaml --out DIR``: a token dataset.
 * ``vqzoo sample --prior CKPT_OR_DIR --n 64 --out DIR``: tokens and an image grid.
+* ``vqzoo convert taming|diffusers ... --out DIR``: a pretrained peer tokenizer as an
+  export directory (:mod:`vqzoo.cli.convert`).
 
 Defaults a user of the field expects: a rich progress bar, TensorBoard and
 CSV logs under ``runs/``, a ``last.ckpt`` checkpoint, and the config saved
@@ -109,12 +111,12 @@ class VQZooCLI(LightningCLI):
 
 
 def _extra_commands() -> dict[str, Any]:
-    from vqzoo.cli import encode, export, sample
+    from vqzoo.cli import convert, encode, export, sample
 
-    return {"export": export.main, "encode": encode.main, "sample": sample.main}
+    return {"export": export.main, "encode": encode.main, "sample": sample.main, "convert": convert.main}
 
 
-EXTRA_COMMANDS = ("export", "encode", "sample")
+EXTRA_COMMANDS = ("export", "encode", "sample", "convert")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in EXTRA_COMMANDS:
         try:
             return _extra_commands()[argv[0]](argv[1:])
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
             print(f"vqzoo {argv[0]}: error: {err}", file=sys.stderr)
             return 2
     # From the shell LightningCLI reads sys.argv itself; passing it again as args warns.
