@@ -135,6 +135,33 @@ def _instantiate(cls: type, config: dict[str, Any], overrides: dict[str, Any]) -
     return cls(**{**init, **overrides})
 
 
+def check_weights(
+    state: dict[str, Any], source: str, own: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Refuse weights that are not finite, or not floating where the model's tensor is.
+
+    Integer buffers (step counters, usage counts) are fine where the model's
+    tensor is an integer too. ``own`` is the model's state dict (``None``:
+    check finiteness only). Raises :class:`CheckpointError` naming ``source``
+    and the tensor.
+    """
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        mine = own.get(key) if own is not None else None
+        if mine is not None and mine.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(
+                f"{source}: tensor {key!r} is {value.dtype} but the model's is {mine.dtype}; "
+                "refusing integer or bool weights (a corrupt or hand-edited file)"
+            )
+        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{source}: tensor {key!r} has {bad} non-finite values (NaN or Inf) of {value.numel()}; "
+                "the run that wrote it diverged"
+            )
+
+
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -153,6 +180,7 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
         if unexpected:
             parts.append(f"not in the model: " + ", ".join(unexpected[:8]))
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + " | ".join(parts))
+    check_weights(state, source, own)
     model.load_state_dict(state, strict=True)
 
 

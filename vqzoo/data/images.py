@@ -25,7 +25,8 @@ Decisions where the spec is silent:
 * **Channels.** One-channel sources are repeated to three when
   ``channels=3``; colour sources become luminance (ITU-R 601-2 weights, as
   PIL's ``"L"``) when ``channels=1``; an alpha channel is dropped.
-* **Loaders.** Training shuffles and drops the last incomplete batch (a batch
+* **Loaders.** Training shuffles (a seeded order per epoch whose position is
+  in the checkpoint, :mod:`vqzoo.data.resumable`) and drops the last incomplete batch (a batch
   of one breaks the BatchNorm discriminator); val/test keep every sample.
   Workers persist between epochs when ``num_workers > 0``.
 * **Download.** torchvision sources download only with ``download=True``, in
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vqzoo.data.resumable import ResumableDataLoader
 from vqzoo.data.sources import (
     DEFAULT_FASHION_MNIST_ROOT,
     IDXDataset,
@@ -355,6 +357,18 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("ImageDataModule: call setup() before asking for a dataloader")
+        if train:
+            # Seeded order whose position is checkpointed: exact resume mid-epoch.
+            return ResumableDataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                drop_last=len(dataset) >= self.batch_size,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
