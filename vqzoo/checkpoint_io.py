@@ -35,6 +35,15 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (e.g. the disk is full); the previous file is unchanged."""
 
 
+def _os_error_in(err: BaseException | None) -> OSError | None:
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
 def _is_remote(path: Any) -> bool:
     return "://" in str(path)
 
@@ -51,7 +60,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             with atomic_write(path, "wb") as f:
                 torch.save(checkpoint, f)
-        except OSError as err:
+        except (OSError, RuntimeError) as failure:
+            # torch's zip writer reports a failed write as a RuntimeError whose context is the OSError
+            err = _os_error_in(failure)
+            if err is None:
+                raise
             reason = os.strerror(err.errno) if err.errno else str(err)
             raise CheckpointWriteError(
                 err.errno or 0,

@@ -29,7 +29,8 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_dir", "atomic_write", "clean_stale_temps", "make_grid", "save_png", "write_json"]
+__all__ = ["atomic_dir", "atomic_write", "clean_stale_temps", "clean_stale_temps_in", "make_grid", "save_png",
+           "write_json"]
 
 
 def _umask() -> int:
@@ -57,6 +58,17 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True
     return True
+
+
+def clean_stale_temps_in(directory: str | os.PathLike) -> list[Path]:
+    """:func:`clean_stale_temps` for every ``.NAME.tmp-PID-*`` in ``directory`` (e.g. a run's checkpoints on resume)."""
+    removed: list[Path] = []
+    directory = Path(directory)
+    if directory.is_dir():
+        for leftover in directory.glob(".*.tmp-*"):
+            name = leftover.name[1:].split(".tmp-", 1)[0]
+            removed += clean_stale_temps(directory / name)
+    return removed
 
 
 def clean_stale_temps(target: str | os.PathLike) -> list[Path]:

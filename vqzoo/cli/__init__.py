@@ -34,7 +34,6 @@ class VQZooCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-        from vqzoo.checkpoint_io import AtomicCheckpointIO
         from vqzoo.cli.resume import ApplyResumeOverrides
         from vqzoo.cli.signals import SaveOnSignal
 
@@ -47,7 +46,6 @@ class VQZooCLI(LightningCLI):
                 SaveOnSignal(),
                 ApplyResumeOverrides(),
             ],
-            "plugins": [AtomicCheckpointIO()],
         }
         super().__init__(
             model_class=L.LightningModule,
@@ -76,6 +74,15 @@ class VQZooCLI(LightningCLI):
         ]
         if config.get("enable_progress_bar") is False:
             keep = [cb for cb in keep if not isinstance(cb, ProgressBar)]
+        # Checkpoints are written atomically beside their target unless the config brings its own CheckpointIO.
+        from lightning.pytorch.plugins.io import CheckpointIO
+
+        from vqzoo.checkpoint_io import AtomicCheckpointIO
+
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         saved = self.trainer_defaults.get("callbacks")
         self.trainer_defaults["callbacks"] = keep
         try:
@@ -93,6 +100,16 @@ class VQZooCLI(LightningCLI):
             trainer["strategy"] = "ddp_find_unused_parameters_true"
             print("vqzoo: GAN training under DDP: using strategy 'ddp_find_unused_parameters_true'", file=sys.stderr)
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would rebuild the model from the checkpoint's hyperparameters, silently
+        # dropping the command line's. When the config names a model, it wins; the differences
+        # are listed, applied where safe and refused where not (before_<subcommand>).
+        sub = self.config.get("subcommand")
+        model = self.config[sub].get("model") if sub else None
+        if model is not None and model.get("class_path"):
+            return
+        super()._parse_ckpt_path()
+
     def _resolve_ckpt_path(self) -> None:
         """``--ckpt_path last`` -> the newest last.ckpt under the root; refuse another class or architecture."""
         from vqzoo.cli.resume import check_resume, find_last_checkpoint
@@ -109,6 +126,11 @@ class VQZooCLI(LightningCLI):
             print(f"vqzoo {self.subcommand}: resuming from {found}", file=sys.stderr)
             config["ckpt_path"] = ckpt = str(found)
         if ckpt and ckpt not in ("best", "hpc", "registry"):
+            from pathlib import Path
+
+            from vqzoo.io import clean_stale_temps_in
+
+            clean_stale_temps_in(Path(ckpt).parent)  # temporaries of a writer killed in that run
             check_resume(ckpt, self.model, self.subcommand)
 
     def before_fit(self) -> None:

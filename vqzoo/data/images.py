@@ -75,6 +75,8 @@ def _default_root() -> str:
 class ImageTransform:
     """Raw image (PIL, uint8 array (H, W) / (H, W, C), or uint8/float tensor (C, H, W)) -> float32 (C, R, R) in [-1, 1].
 
+    16-bit images (PIL ``I;16``/``I``, uint16 arrays) are scaled from [0, 65535].
+
     A plain callable (not an nn.Module) so it pickles into DataLoader workers.
     Float tensors are taken to be in [0, 1].
     """
@@ -107,18 +109,24 @@ class ImageTransform:
                 raise ValueError(f"expected an image tensor (C, H, W) or (H, W), got shape {tuple(t.shape)}")
             return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
         if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
-            if image.mode not in ("L", "RGB"):
+            if image.mode.startswith("I;16") or image.mode == "I":
+                image = np.asarray(image).astype(np.uint16 if image.mode.startswith("I;16") else np.int32)
+            elif image.mode not in ("L", "RGB"):
                 image = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "RGB")
             image = np.asarray(image)
         arr = np.asarray(image)
-        if arr.dtype != np.uint8:
-            raise ValueError(f"expected uint8 pixels, got dtype {arr.dtype}")
+        scale = 255.0
+        if arr.dtype == np.uint16 or (arr.dtype == np.int32 and arr.size and 0 <= arr.min() and arr.max() <= 65535):
+            scale = 65535.0  # 16-bit images are scaled to [0, 1], never clipped
+            arr = arr.astype(np.float32)
+        elif arr.dtype != np.uint8:
+            raise ValueError(f"expected uint8 or 16-bit pixels, got dtype {arr.dtype}")
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if arr.ndim != 3:
             raise ValueError(f"expected an image array (H, W) or (H, W, C), got shape {arr.shape}")
         # A copy: source arrays may be read-only views of a shared cache.
-        return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C", copy=True)).float() / 255.0
+        return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C", copy=True)).float() / scale
 
     def _fix_channels(self, t: torch.Tensor) -> torch.Tensor:
         c = t.shape[0]
