@@ -223,7 +223,8 @@ def load(path: str | os.PathLike, expected: type | None = None, **overrides: Any
         raise FileNotFoundError(
             f"no model at {path}: expected a .ckpt file written by `vqzoo fit` or a directory written by `vqzoo export`"
         )
-    source = str(path)
+    # name the file that holds the tensors (an export's model.safetensors, or the .ckpt)
+    source = str(weights) if path.is_dir() else str(path)
     cls = resolve_class(class_path)
     if expected is not None and not (isinstance(cls, type) and issubclass(cls, expected)):
         raise CheckpointError(f"{source} holds a {class_path}, expected a {expected.__module__}.{expected.__qualname__}")

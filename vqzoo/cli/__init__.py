@@ -74,6 +74,10 @@ class VQZooCLI(LightningCLI):
         ]
         if config.get("enable_progress_bar") is False:
             keep = [cb for cb in keep if not isinstance(cb, ProgressBar)]
+        if config.get("logger") is False:  # LearningRateMonitor refuses a trainer without loggers
+            from lightning.pytorch.callbacks import LearningRateMonitor
+
+            keep = [cb for cb in keep if not isinstance(cb, LearningRateMonitor)]
         # Checkpoints are written atomically beside their target unless the config brings its own CheckpointIO.
         from lightning.pytorch.plugins.io import CheckpointIO
 
