@@ -24,7 +24,7 @@ from vqzoo.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tokenizers" / "vqgan_tiny.yaml"
-KILL_TRIES = int(os.environ.get("VQZOO_KILL_TRIES", "3"))
+KILL_TRIES = int(os.environ.get("VQZOO_KILL_TRIES", "2"))
 
 
 def _env(tmp: Path) -> dict[str, str]:
