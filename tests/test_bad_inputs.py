@@ -11,6 +11,7 @@ import torch
 
 from vqzoo import QGVAE, VQGAN, MaskGIT, MiniGPT, VectorQuantizer
 from vqzoo.checkpoint import CheckpointError, load
+from vqzoo.checkpoint_io import CheckpointWriteError
 from vqzoo.data.images import ImageDataModule
 
 
@@ -108,6 +109,92 @@ def _missing_lpips(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     LPIPS(pretrained=True)
 
 
+def _export_with(tmp: Path, key: str, value: torch.Tensor) -> Path:
+    from vqzoo.checkpoint import export_model
+
+    out = export_model(_minigpt(), tmp / "exp")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(out / "model.safetensors"))
+    state[key] = value(state[key])
+    save_file(state, str(out / "model.safetensors"))
+    return out
+
+
+def _float_tokens(tmp: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from vqzoo.data.tokens import TokenDataset
+
+    (tmp / "tok").mkdir()
+    np.save(tmp / "tok" / "tokens.npy", np.full((4, 2, 2), 3.7, dtype=np.float32))
+    (tmp / "tok" / "meta.json").write_text(json.dumps({"vocab_size": 8, "token_shape": [2, 2], "num_samples": 4}))
+    TokenDataset(tmp / "tok")
+
+
+def _resume_other_class(tmp: Path) -> None:
+    from vqzoo.cli.resume import check_resume
+
+    torch.save({"state_dict": {}, "vqzoo": {"class_path": "vqzoo.priors.minigpt.MiniGPT"}}, tmp / "o.ckpt")
+    check_resume(tmp / "o.ckpt", _vqgan(), "fit")
+
+
+def _resume_other_architecture(tmp: Path) -> None:
+    from vqzoo.checkpoint import model_config
+    from vqzoo.cli.resume import check_resume
+
+    hp = model_config(_vqgan())
+    torch.save({"state_dict": {}, "vqzoo": {"class_path": "vqzoo.tokenizers.vqgan.VQGAN"},
+                "hyper_parameters": {**hp, "ch": 16, "optimizer": {**hp["optimizer"], "init_args": {"lr": 0.5}}}},
+               tmp / "a.ckpt")
+    check_resume(tmp / "a.ckpt", _vqgan(), "fit")
+
+
+def _full_disk(tmp: Path, m: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    import vqzoo.checkpoint_io as cio
+    from vqzoo.checkpoint_io import AtomicCheckpointIO
+
+    def no_space(obj, f, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    m.setattr(cio.torch, "save", no_space)
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, tmp / "last.ckpt")
+
+
+def _resume_other_batch_size(tmp: Path) -> None:
+    from vqzoo.data.batch import TensorBatchDataset
+    from vqzoo.data.resumable import ResumableDataLoader
+
+    loader = ResumableDataLoader(TensorBatchDataset(tokens=torch.zeros(8, 2, dtype=torch.long)), batch_size=4)
+    loader.load_state_dict({"epoch": 0, "batches": 1, "batch_size": 2})
+
+
+def _export_over_existing(tmp: Path) -> None:
+    from vqzoo.cli.export import main as export
+
+    (tmp / "out").mkdir()
+    export(["--ckpt", str(tmp / "any.ckpt"), "--out", str(tmp / "out")])
+
+
+def _sample_over_existing(tmp: Path) -> None:
+    from vqzoo.priors.sample import sample_prior
+
+    (tmp / "out").mkdir()
+    sample_prior(tmp / "any.ckpt", 4, None, tmp / "out")
+
+
+def _empty_checkpoint_on_resume(tmp: Path) -> None:
+    from vqzoo.checkpoint_io import AtomicCheckpointIO
+
+    (tmp / "empty.ckpt").write_bytes(b"")
+    AtomicCheckpointIO().load_checkpoint(tmp / "empty.ckpt")
+
+
 CASES = [
     # (id, callable(tmp, monkeypatch), error class, message pattern)
     ("wrong channel count", lambda t, m: _vqgan()(torch.zeros(1, 1, 16, 16)), ValueError, r"\(B, 3, H, W\).*\(1, 1, 16, 16\)"),
@@ -140,8 +227,24 @@ CASES = [
     ("K < 1", lambda t, m: VectorQuantizer(0, 8), ValueError, "num_codes must be an integer >= 1, got 0"),
     ("feature dimension mismatch", lambda t, m: VectorQuantizer(8, 4)(torch.zeros(1, 5, 2, 2)), ValueError, r"\(B, 4, H, W\).*\(1, 5, 2, 2\)"),
     ("NaN features", lambda t, m: VectorQuantizer(8, 4)(torch.full((1, 4, 2, 2), float("nan"))), ValueError, "NaN or Inf"),
+    # issue 18: no silent garbage, resume semantics, full disks
+    ("export with NaN weights", lambda t, m: load(_export_with(t, "tok_emb.weight", lambda w: w * float("nan"))), CheckpointError, r"model\.safetensors: tensor 'tok_emb\.weight' has \d+ non-finite values"),
+    ("export with int32 weights", lambda t, m: load(_export_with(t, "tok_emb.weight", lambda w: w.to(torch.int32))), CheckpointError, r"tensor 'tok_emb\.weight' is torch\.int32 but the model's is torch\.float32"),
+    ("export with bool weights", lambda t, m: load(_export_with(t, "tok_emb.weight", lambda w: w > 0)), CheckpointError, r"tensor 'tok_emb\.weight' is torch\.bool but the model's is torch\.float32"),
+    ("float token file", lambda t, m: _float_tokens(t), ValueError, r"tokens\.npy holds float32 values; token ids must be integers"),
+    ("NaN loss weight", lambda t, m: VQGAN(VectorQuantizer(16, 8), reconstruction_weight=float("nan")), ValueError, "reconstruction_weight must be a finite number >= 0, got nan"),
+    ("infinite loss weight", lambda t, m: VQGAN(VectorQuantizer(16, 8), codebook_weight=float("inf")), ValueError, "codebook_weight must be a finite number >= 0, got inf"),
+    ("prior max_nonfinite_steps 0", lambda t, m: MiniGPT(vocab_size=8, token_shape=[2, 2], n_layer=1, n_head=1, n_embd=8, max_nonfinite_steps=0), ValueError, "max_nonfinite_steps must be an integer >= 1, got 0"),
+    ("empty checkpoint on resume", lambda t, m: _empty_checkpoint_on_resume(t), CheckpointError, r"empty\.ckpt is not a readable checkpoint \(corrupt or truncated\)"),
+    ("resume from another model class", lambda t, m: _resume_other_class(t), CheckpointError, r"holds a vqzoo\.priors\.minigpt\.MiniGPT but the config builds a vqzoo\.tokenizers\.vqgan\.VQGAN"),
+    ("resume with another architecture", lambda t, m: _resume_other_architecture(t), ValueError, r"cannot resume .*a\.ckpt with a different architecture \(ch\)"),
+    ("resume with another batch size", lambda t, m: _resume_other_batch_size(t), ValueError, "position is in batches of 2, but the batch size is now 4"),
+    ("disk full while saving a checkpoint", lambda t, m: _full_disk(t, m), CheckpointWriteError, r"could not write the checkpoint .*last\.ckpt: No space left on device"),
+    ("export over an existing --out", lambda t, m: _export_over_existing(t), FileExistsError, "out already exists; pass --overwrite"),
+    ("sample over an existing --out", lambda t, m: _sample_over_existing(t), FileExistsError, "out already exists; pass --overwrite"),
 ]
-# Also covered elsewhere: the missing-LPIPS stop at `fit`
+# Also covered elsewhere: kill -9 during saves, SIGTERM/SIGINT, `--ckpt_path last`, one-line CLI
+# errors, 16-bit images and the prior's non-finite stop (test_reliability.py); the missing-LPIPS stop at `fit`
 # start-up (test_vqgan.py), a code-running pickled checkpoint (test_cli.py), no
 # partial files after a failed export or encode (test_cli.py, test_minigpt.py).
 

@@ -1,4 +1,8 @@
-"""Exact resume: stop at step N, resume with ckpt_path, end where an uninterrupted run ends."""
+"""Exact resume: stop at step N, resume with ckpt_path, end where an uninterrupted run ends.
+
+From an epoch-end checkpoint (plain DataLoaders) and from one taken in the
+middle of an epoch (vqzoo's ResumableDataLoader, shuffled: its position and
+the RNG are in the checkpoint)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from vqzoo.data.batch import TensorBatchDataset
+from vqzoo.data.resumable import ResumableDataLoader
 
 from vqzoo import DeadCodeReset, MaskGIT, OrthogonalRegularizer, VectorQuantizer, VQGAN
 from vqzoo.losses import AdversarialLoss, NLayerDiscriminator
@@ -100,3 +105,79 @@ def test_prior_resumes_exactly(tmp_path: Path) -> None:
     full, resumed, tf, tr = run_and_resume(prior, token_loader, tmp_path)
     assert tf.global_step == 12
     assert_same_training_state(full, resumed, tf, tr)
+
+
+# ---------------------------------------------------------------------- mid-epoch
+class SaveAtBatch(L.Callback):
+    """Save a checkpoint at the end of the ``n``-th training batch (what a kill or a signal leaves)."""
+
+    def __init__(self, n: int, path: Path) -> None:
+        self.n, self.path, self.seen = n, path, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.seen += 1
+        if self.seen == self.n:
+            trainer.save_checkpoint(self.path)
+
+
+def shuffled_images() -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 1, 16, 16, generator=g) * 2 - 1
+    return ResumableDataLoader(TensorBatchDataset(images=x), batch_size=8, shuffle=True, seed=3, drop_last=True)
+
+
+def shuffled_tokens() -> DataLoader:
+    g = torch.Generator().manual_seed(2)
+    return ResumableDataLoader(TensorBatchDataset(tokens=torch.randint(0, 8, (24, 4, 4), generator=g)),
+                               batch_size=8, shuffle=True, seed=3, drop_last=True)
+
+
+def dropout_prior() -> MaskGIT:
+    # dropout on: the resumed run must also draw the same dropout masks (RNG in the checkpoint)
+    L.seed_everything(0)
+    return MaskGIT(vocab_size=8, token_shape=[4, 4], n_layer=1, n_head=2, n_embd=16, embd_pdrop=0.1,
+                   resid_pdrop=0.1, attn_pdrop=0.0, optimizer=spec("torch.optim.AdamW", lr=1e-2), warmup_steps=3)
+
+
+def run_and_resume_mid_epoch(make_model, make_loader, tmp_path: Path, stop: int):  # noqa: ANN001, ANN201
+    full = make_model()
+    ckpt = tmp_path / "mid.ckpt"
+    t_full = trainer(tmp_path / "full", 3)
+    t_full.callbacks.append(SaveAtBatch(stop, ckpt))
+    t_full.fit(full, make_loader())
+    state = torch.load(ckpt, weights_only=False)
+    resumed = make_model()
+    torch.manual_seed(12345)
+    t_resumed = trainer(tmp_path / "resumed", 3)
+    t_resumed.fit(resumed, make_loader(), ckpt_path=ckpt)
+    return full, resumed, t_full, t_resumed, state
+
+
+def test_gan_tokenizer_resumes_exactly_mid_epoch(tmp_path: Path) -> None:
+    # 3 batches per epoch: stop after batch 5 = the middle of epoch 1
+    full, resumed, tf, tr, state = run_and_resume_mid_epoch(gan_tokenizer, shuffled_images, tmp_path, stop=5)
+    loops = state["loops"]["fit_loop"]
+    assert loops["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2, "batch_size": 8}]
+    assert full.generator_step == resumed.generator_step == 9
+    assert_same_training_state(full, resumed, tf, tr)
+
+
+def test_prior_resumes_exactly_mid_epoch(tmp_path: Path) -> None:
+    full, resumed, tf, tr, state = run_and_resume_mid_epoch(dropout_prior, shuffled_tokens, tmp_path, stop=4)
+    assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 1, "batch_size": 8}]
+    assert tf.global_step == tr.global_step == 9
+    assert_same_training_state(full, resumed, tf, tr)
+
+
+def test_resumable_sampler_orders_and_shards() -> None:
+    from vqzoo.data.resumable import ResumableSampler
+
+    ds = list(range(10))
+    s = ResumableSampler(ds, shuffle=True, seed=0)
+    a = list(s)
+    s.set_epoch(1)
+    b = list(s)
+    assert sorted(a) == sorted(b) == ds and a != b  # a new order each epoch, every sample once
+    s.set_epoch(0)
+    s.start = 4
+    assert list(s) == a[4:] and list(s) == a  # the skip applies once

@@ -147,6 +147,33 @@ def _instantiate(cls: type, config: dict[str, Any], overrides: dict[str, Any]) -
     return cls(**{**init, **overrides})
 
 
+def check_weights(
+    state: dict[str, Any], source: str, own: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Refuse weights that are not finite, or not floating where the model's tensor is.
+
+    Integer buffers (step counters, usage counts) are fine where the model's
+    tensor is an integer too. ``own`` is the model's state dict (``None``:
+    check finiteness only). Raises :class:`CheckpointError` naming ``source``
+    and the tensor.
+    """
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        mine = own.get(key) if own is not None else None
+        if mine is not None and mine.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(
+                f"{source}: tensor {key!r} is {value.dtype} but the model's is {mine.dtype}; "
+                "refusing integer or bool weights (a corrupt or hand-edited file)"
+            )
+        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{source}: tensor {key!r} has {bad} non-finite values (NaN or Inf) of {value.numel()}; "
+                "the run that wrote it diverged"
+            )
+
+
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -165,6 +192,7 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
         if unexpected:
             parts.append(f"not in the model: " + ", ".join(unexpected[:8]))
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + " | ".join(parts))
+    check_weights(state, source, own)
     model.load_state_dict(state, strict=True)
 
 
@@ -214,7 +242,8 @@ def load(path: str | os.PathLike, expected: type | None = None, **overrides: Any
         raise FileNotFoundError(
             f"no model at {path}: expected a .ckpt file written by `vqzoo fit` or a directory written by `vqzoo export`"
         )
-    source = str(path)
+    # name the file that holds the tensors (an export's model.safetensors, or the .ckpt)
+    source = str(weights) if path.is_dir() else str(path)
     cls = resolve_class(class_path)
     if expected is not None and not (isinstance(cls, type) and issubclass(cls, expected)):
         raise CheckpointError(f"{source} holds a {class_path}, expected a {expected.__module__}.{expected.__qualname__}")

@@ -16,6 +16,7 @@ This module imports nothing from vqzoo (it sits below every other room).
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import shutil
@@ -28,7 +29,74 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
-__all__ = ["atomic_dir", "atomic_write", "make_grid", "save_png", "write_json"]
+__all__ = ["atomic_dir", "atomic_write", "clean_stale_temps", "clean_stale_temps_in", "make_grid", "save_png",
+           "write_json"]
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: errors of the storage itself (full disk, quota, file too large, I/O, read-only), reported as such
+_WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)
+
+
+def _temp_prefix(name: str) -> str:
+    # The writer's pid is in the name, so a later start can tell a leftover of a
+    # killed process (pid gone) from the temporary of a writer still at work.
+    return f".{name}.tmp-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temps_in(directory: str | os.PathLike) -> list[Path]:
+    """:func:`clean_stale_temps` for every ``.NAME.tmp-PID-*`` in ``directory`` (e.g. a run's checkpoints on resume)."""
+    removed: list[Path] = []
+    directory = Path(directory)
+    if directory.is_dir():
+        for leftover in directory.glob(".*.tmp-*"):
+            name = leftover.name[1:].split(".tmp-", 1)[0]
+            removed += clean_stale_temps(directory / name)
+    return removed
+
+
+def clean_stale_temps(target: str | os.PathLike) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-*`` (and ``.NAME.old-*``) siblings of ``target`` left by a killed writer.
+
+    A temporary whose writer (the pid in its name) is still running on this
+    host is kept. Returns what was removed. Called before every atomic write,
+    so the next start of a killed run cleans up after it.
+    """
+    target = Path(target)
+    removed: list[Path] = []
+    if not target.parent.is_dir():
+        return removed
+    # An .old- copy is the previous version mid-swap: only garbage once the target exists again.
+    patterns = [f".{target.name}.tmp-*"] + ([f".{target.name}.old-*"] if target.exists() else [])
+    for pattern in patterns:
+        for leftover in target.parent.glob(pattern):
+            rest = leftover.name[len(f".{target.name}.tmp-"):]
+            pid = rest.split("-", 1)[0]
+            if ".tmp-" in leftover.name and pid.isdigit() and _pid_alive(int(pid)):
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+            removed.append(leftover)
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -46,17 +114,26 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     """Open a temporary file beside ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    clean_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), dir=path.parent)
     try:
+        # mkstemp creates 0600; the file gets what open() would have given it.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in _WRITE_FAILURES:
+            # A full disk or a quota: name the file and the reason; the old file is untouched.
+            raise OSError(
+                err.errno, f"could not write {path}: {os.strerror(err.errno)} (the previous {path.name}, "
+                "if any, is unchanged)"
+            ) from err
         raise
 
 
@@ -71,8 +148,11 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    clean_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name), dir=out.parent))
     try:
+        # mkdtemp creates 0700; the directory gets what mkdir() would have given it.
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         if out.exists():
             trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")

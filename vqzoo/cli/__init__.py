@@ -12,6 +12,13 @@ subclass mode (``model: {class_path: ..., init_args: ...}``). Extra commands:
 Defaults a user of the field expects: a rich progress bar, TensorBoard and
 CSV logs under ``runs/``, a ``last.ckpt`` checkpoint, and the config saved
 with each run (overwriting a previous one, docs/pitfalls.md #16).
+
+Reliability defaults: checkpoints are written atomically beside their target
+(:class:`vqzoo.checkpoint_io.AtomicCheckpointIO`); SIGTERM/SIGINT during
+``fit`` save ``last.ckpt`` and exit 143/130 (:mod:`vqzoo.cli.signals`);
+``--ckpt_path last`` and overrides on resume follow :mod:`vqzoo.cli.resume`.
+Every error is one line, ``vqzoo CMD: error: Class: message`` (``--debug``
+prints the traceback as well).
 """
 
 from __future__ import annotations
@@ -39,12 +46,17 @@ class VQZooCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
+        from vqzoo.cli.resume import ApplyResumeOverrides
+        from vqzoo.cli.signals import SaveOnSignal
+
         trainer_defaults: dict[str, Any] = {
             "default_root_dir": "runs",
             "callbacks": [
                 RichProgressBar(leave=True),
                 ModelCheckpoint(save_last=True, filename="{epoch}-{step}"),
                 LearningRateMonitor(logging_interval="step"),
+                SaveOnSignal(),
+                ApplyResumeOverrides(),
             ],
         }
         super().__init__(
@@ -75,6 +87,19 @@ class VQZooCLI(LightningCLI):
         ]
         if config.get("enable_progress_bar") is False:
             keep = [cb for cb in keep if not isinstance(cb, ProgressBar)]
+        if config.get("logger") is False:  # LearningRateMonitor refuses a trainer without loggers
+            from lightning.pytorch.callbacks import LearningRateMonitor
+
+            keep = [cb for cb in keep if not isinstance(cb, LearningRateMonitor)]
+        # Checkpoints are written atomically beside their target unless the config brings its own CheckpointIO.
+        from lightning.pytorch.plugins.io import CheckpointIO
+
+        from vqzoo.checkpoint_io import AtomicCheckpointIO
+
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         saved = self.trainer_defaults.get("callbacks")
         self.trainer_defaults["callbacks"] = keep
         try:
@@ -91,6 +116,51 @@ class VQZooCLI(LightningCLI):
         if trainer.get("strategy") == "ddp" and init is not None and init.get("adversarial") is not None:
             trainer["strategy"] = "ddp_find_unused_parameters_true"
             print("vqzoo: GAN training under DDP: using strategy 'ddp_find_unused_parameters_true'", file=sys.stderr)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would rebuild the model from the checkpoint's hyperparameters, silently
+        # dropping the command line's. When the config names a model, it wins; the differences
+        # are listed, applied where safe and refused where not (before_<subcommand>).
+        sub = self.config.get("subcommand")
+        model = self.config[sub].get("model") if sub else None
+        if model is not None and model.get("class_path"):
+            return
+        super()._parse_ckpt_path()
+
+    def _resolve_ckpt_path(self) -> None:
+        """``--ckpt_path last`` -> the newest last.ckpt under the root; refuse another class or architecture."""
+        from vqzoo.cli.resume import check_resume, find_last_checkpoint
+
+        config = self.config_init[self.subcommand]
+        ckpt = config.get("ckpt_path")
+        if ckpt == "last":
+            root = self.trainer.default_root_dir
+            found = find_last_checkpoint(root)
+            if found is None:
+                print(f"vqzoo {self.subcommand}: no last.ckpt under {root}; starting from scratch", file=sys.stderr)
+                config["ckpt_path"] = None
+                return
+            print(f"vqzoo {self.subcommand}: resuming from {found}", file=sys.stderr)
+            config["ckpt_path"] = ckpt = str(found)
+        if ckpt and ckpt not in ("best", "hpc", "registry"):
+            from pathlib import Path
+
+            from vqzoo.io import clean_stale_temps_in
+
+            clean_stale_temps_in(Path(ckpt).parent)  # temporaries of a writer killed in that run
+            check_resume(ckpt, self.model, self.subcommand)
+
+    def before_fit(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_test(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         # Default loggers (TensorBoard + CSV) live under the run's default_root_dir,
@@ -119,18 +189,61 @@ def _extra_commands() -> dict[str, Any]:
 EXTRA_COMMANDS = ("export", "encode", "sample", "convert")
 
 
+#: errors that mean "bad input" (exit status 2, as argparse's); anything else exits 1.
+_INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``vqzoo`` command; returns the exit status.
+
+    Every error is printed as one line, ``vqzoo CMD: error: Class: message``
+    (``--debug`` anywhere on the line also prints the traceback). A fit stopped
+    by SIGTERM/SIGINT returns 143/130 after saving ``last.ckpt``.
+    """
+    import traceback
+
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in EXTRA_COMMANDS:
-        try:
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    command = argv[0] if argv and not argv[0].startswith("-") else "vqzoo"
+    try:
+        if argv and argv[0] in EXTRA_COMMANDS:
             return _extra_commands()[argv[0]](argv[1:])
-        except (ValueError, FileNotFoundError, FileExistsError) as err:
-            print(f"vqzoo {argv[0]}: error: {err}", file=sys.stderr)
-            return 2
-    # From the shell LightningCLI reads sys.argv itself; passing it again as args warns.
-    VQZooCLI(args=None if from_command_line else argv)
-    return 0
+        if from_command_line:
+            # From the shell LightningCLI reads sys.argv itself; passing it again as args warns.
+            sys.argv = [sys.argv[0], *argv]
+        VQZooCLI(args=None if from_command_line else argv)
+        return 0
+    except BaseException as err:  # noqa: BLE001 - the one place errors become an exit status
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        from vqzoo.cli import signals
+
+        if isinstance(err, SystemExit) and not isinstance(err, SIGTERMException):
+            raise  # argparse/jsonargparse usage errors and --help: already reported
+
+        if debug:
+            traceback.print_exc()
+        if isinstance(err, signals.TrainingInterrupted):
+            resume = f" (resume with --ckpt_path {err.checkpoint})" if err.checkpoint else ""
+            print(f"vqzoo {command}: {err}{resume}", file=sys.stderr)
+            return err.exit_code
+        if isinstance(err, KeyboardInterrupt):
+            print(f"vqzoo {command}: interrupted (KeyboardInterrupt)", file=sys.stderr)
+            return 130
+        if isinstance(err, SIGTERMException):
+            saved = signals.LAST_SAVED[-1] if signals.LAST_SAVED else None
+            print(f"vqzoo {command}: stopped by SIGTERM; " + (f"saved {saved}" if saved else "no checkpoint saved"),
+                  file=sys.stderr)
+            return 143
+        print(f"vqzoo {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2 if isinstance(err, _INPUT_ERRORS) else 1
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ def main(argv: list[str]) -> int:
     elif a.out is None:
         p.error("--out is required (only an export directory can be pushed without it)")
     else:
+        if Path(a.out).exists() and not a.overwrite:
+            raise FileExistsError(f"{a.out} already exists; pass --overwrite to replace it")
         model = load(a.ckpt)
         out = export_model(model, a.out, overwrite=a.overwrite)
         print(f"exported {type(model).__name__} to {out}")

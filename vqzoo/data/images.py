@@ -25,7 +25,8 @@ Decisions where the spec is silent:
 * **Channels.** One-channel sources are repeated to three when
   ``channels=3``; colour sources become luminance (ITU-R 601-2 weights, as
   PIL's ``"L"``) when ``channels=1``; an alpha channel is dropped.
-* **Loaders.** Training shuffles and drops the last incomplete batch (a batch
+* **Loaders.** Training shuffles (a seeded order per epoch whose position is
+  in the checkpoint, :mod:`vqzoo.data.resumable`) and drops the last incomplete batch (a batch
   of one breaks the BatchNorm discriminator); val/test keep every sample.
   Workers persist between epochs when ``num_workers > 0``.
 * **Download.** torchvision sources download only with ``download=True``, in
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vqzoo.data.resumable import ResumableDataLoader
 from vqzoo.data.sources import (
     DEFAULT_FASHION_MNIST_ROOT,
     IDXDataset,
@@ -72,6 +74,8 @@ def _default_root() -> str:
 
 class ImageTransform:
     """Raw image (PIL, uint8 array (H, W) / (H, W, C), or uint8/float tensor (C, H, W)) -> float32 (C, R, R) in [-1, 1].
+
+    16-bit images (PIL ``I;16``/``I``, uint16 arrays) are scaled from [0, 65535].
 
     A plain callable (not an nn.Module) so it pickles into DataLoader workers.
     Float tensors are taken to be in [0, 1].
@@ -105,18 +109,24 @@ class ImageTransform:
                 raise ValueError(f"expected an image tensor (C, H, W) or (H, W), got shape {tuple(t.shape)}")
             return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
         if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
-            if image.mode not in ("L", "RGB"):
+            if image.mode.startswith("I;16") or image.mode == "I":
+                image = np.asarray(image).astype(np.uint16 if image.mode.startswith("I;16") else np.int32)
+            elif image.mode not in ("L", "RGB"):
                 image = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "RGB")
             image = np.asarray(image)
         arr = np.asarray(image)
-        if arr.dtype != np.uint8:
-            raise ValueError(f"expected uint8 pixels, got dtype {arr.dtype}")
+        scale = 255.0
+        if arr.dtype == np.uint16 or (arr.dtype == np.int32 and arr.size and 0 <= arr.min() and arr.max() <= 65535):
+            scale = 65535.0  # 16-bit images are scaled to [0, 1], never clipped
+            arr = arr.astype(np.float32)
+        elif arr.dtype != np.uint8:
+            raise ValueError(f"expected uint8 or 16-bit pixels, got dtype {arr.dtype}")
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if arr.ndim != 3:
             raise ValueError(f"expected an image array (H, W) or (H, W, C), got shape {arr.shape}")
         # A copy: source arrays may be read-only views of a shared cache.
-        return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C", copy=True)).float() / 255.0
+        return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C", copy=True)).float() / scale
 
     def _fix_channels(self, t: torch.Tensor) -> torch.Tensor:
         c = t.shape[0]
@@ -355,6 +365,18 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("ImageDataModule: call setup() before asking for a dataloader")
+        if train:
+            # Seeded order whose position is checkpointed: exact resume mid-epoch.
+            return ResumableDataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                drop_last=len(dataset) >= self.batch_size,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

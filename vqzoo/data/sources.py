@@ -325,7 +325,12 @@ class ImageFolderDataset(Dataset):
         from PIL import Image
 
         with Image.open(self.files[i]) as im:
-            image: Any = im.convert(self.mode)
+            if im.mode.startswith("I;16") or im.mode == "I":
+                # 16-bit greyscale: keep the depth (converting to "L" clips to white);
+                # ImageTransform scales it from [0, 65535].
+                image: Any = np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int32)
+            else:
+                image = im.convert(self.mode)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[i])

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, random_split
 
+from vqzoo.data.resumable import ResumableDataLoader
+
 __all__ = ["FORMAT_VERSION", "TokenDataModule", "TokenDataset", "read_token_meta"]
 
 FORMAT_VERSION = 1
@@ -71,6 +73,11 @@ class TokenDataset(Dataset):
         if not tokens_path.is_file():
             raise FileNotFoundError(f"missing {tokens_path}")
         self.tokens = np.load(tokens_path, mmap_mode="r")
+        if self.tokens.dtype.kind not in "iu":
+            raise ValueError(
+                f"{tokens_path} holds {self.tokens.dtype} values; token ids must be integers "
+                "(write them with `vqzoo encode`, or cast with np.round(x).astype(np.int64) if they are ids)"
+            )
         expected = (self.meta["num_samples"], *self.meta["token_shape"])
         if tuple(self.tokens.shape) != expected:
             raise ValueError(
@@ -177,10 +184,22 @@ class TokenDataModule(L.LightningDataModule):
             self.train_set = full
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        if train:
+            # Seeded order whose position is checkpointed: exact resume mid-epoch.
+            return ResumableDataLoader(
+                ds,
+                batch_size=self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                drop_last=self.drop_last and len(ds) >= self.batch_size,  # type: ignore[arg-type]
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory and torch.cuda.is_available(),
+                persistent_workers=self.num_workers > 0,
+            )
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=False,
             drop_last=train and self.drop_last and len(ds) >= self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

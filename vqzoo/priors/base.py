@@ -48,6 +48,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from vqzoo.data.batch import as_batch
+from vqzoo.nn.nonfinite import NonFiniteGuard
 from vqzoo.nn.transformer import Transformer, resolve_transformer_size
 from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learning_rates, spec
 
@@ -160,7 +161,7 @@ def classifier_free_guidance(logits: Tensor, n: int, scale: float | None) -> Ten
 # ---------------------------------------------------------------------------
 
 
-class Prior(L.LightningModule, metaclass=abc.ABCMeta):
+class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
     """Base class of the token priors.
 
     Args:
@@ -190,6 +191,9 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         n_layer, n_head, n_embd: transformer depth, heads and width.
         embd_pdrop, resid_pdrop, attn_pdrop: dropouts (minGPT and the MaskGIT
             reference: 0.1 each).
+        max_nonfinite_steps: a non-finite loss skips the step (no update); this
+            many in a row stop training, naming the last good checkpoint
+            (:mod:`vqzoo.nn.nonfinite`, shared with the tokenizers).
 
     Subclasses set ``self.vocab_size``, ``self.token_shape`` and (class-conditional
     ones) ``self.num_classes``, and implement
@@ -219,6 +223,7 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         embd_pdrop: float = 0.1,
         resid_pdrop: float = 0.1,
         attn_pdrop: float = 0.1,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         self.n_layer, self.n_head, self.n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
@@ -244,6 +249,8 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         self.min_lr_ratio = min_lr_ratio
         self.total_steps = total_steps
         self.tokenizer_path = tokenizer
+        # Not persistent: exports and checkpoints of priors written before the guard keep loading.
+        self.init_nonfinite_guard(max_nonfinite_steps, persistent=False)
         # Bypass nn.Module registration on purpose (see the module docstring).
         object.__setattr__(self, "_frozen_tokenizer", None)
         self._value_checks_done = False  # per process: the first training batch's values are checked
@@ -442,6 +449,8 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         pb = self.prepare_batch(batch)
         loss, logs = self.compute_loss(pb)
+        if self.skip_nonfinite(loss, f"at step {self.global_step}"):
+            return None  # automatic optimization: no backward, no optimizer step
         self._value_checks_done = True
         bs = pb.tokens.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from vqzoo.io import atomic_dir, make_grid, save_png
 
 __all__ = ["sample_prior"]
+
+#: ``tokens.pt`` (all tokens in one tensor, for convenience) is written up to this many samples.
+TOKENS_PT_MAX = 100_000
+#: ``grid.png`` shows at most this many samples (the first ones).
+GRID_MAX = 64
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Any]:
+    """A progress bar on stderr (tqdm; silent when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="sample", desc="sampling", file=sys.stderr, disable=None)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 #: The caption vocabulary used for a text condition given as a string, unless told otherwise.
 DEFAULT_TEXT_ENCODER = "vqzoo.experiments.te.captions.CaptionVocabulary"
@@ -116,9 +136,13 @@ def sample_prior(
             or ``n`` class ids; for text priors caption token ids
             ``(text_length,)`` / ``(n, text_length)`` or a caption string
             (encoded with ``text_encoder``).
-        out_dir: written atomically; holds ``tokens.pt`` (``{"tokens",
-            "condition", "seed", "generate_kwargs"}``) and, with a tokenizer,
-            ``images/000000.png ...`` and ``grid.png``.
+        out_dir: written atomically, chunk by chunk as samples come (memory
+            stays flat for any ``n``; a progress bar on stderr); holds
+            ``tokens.npy`` (int64 ``(n, *token_shape)``), ``meta.pt``
+            (``{"condition", "seed", "generate_kwargs"}``), for ``n <=``
+            :data:`TOKENS_PT_MAX` also ``tokens.pt`` (``{"tokens", **meta}``), and,
+            with a tokenizer, ``images/000000.png ...`` and ``grid.png`` (the
+            first :data:`GRID_MAX` samples).
         batch_size: samples generated per call.
         seed: seeds a ``torch.Generator`` on ``device``; identical arguments
             give identical samples.
@@ -168,32 +192,41 @@ def sample_prior(
     condition = _resolve_condition(prior, condition, text_encoder)
     gen = torch.Generator(device=device).manual_seed(seed)
     chunks = _condition_batches(condition, getattr(prior, "condition", "none"), n, batch_size)
-    all_tokens: list[Tensor] = []
-    all_images: list[Tensor] = []
-    for i, cond in enumerate(chunks):
-        m = min(batch_size, n - i * batch_size)
-        tokens = prior.generate(m, cond, generator=gen, **generate_kwargs)
-        all_tokens.append(tokens.cpu())
-        if save_images:
-            tok = prior._tokenizer_on(tokens.device)
-            with torch.no_grad():
-                imgs = tok.detokenize(tokens.reshape(m, *tuple(tok.token_shape)))
-            all_images.append(imgs.float().cpu())
+    cond_saved = condition if not isinstance(condition, Tensor) else condition.cpu()
+    meta = {"condition": cond_saved, "seed": seed, "generate_kwargs": generate_kwargs}
     with atomic_dir(out, overwrite) as tmp:
-        cond_saved = condition if not isinstance(condition, Tensor) else condition.cpu()
-        torch.save(
-            {
-                "tokens": torch.cat(all_tokens),
-                "condition": cond_saved,
-                "seed": seed,
-                "generate_kwargs": generate_kwargs,
-            },
-            tmp / "tokens.pt",
-        )
+        # Chunks are written as they come (tokens into a memory-mapped .npy, images as PNGs),
+        # so memory stays flat for any n; the directory appears only once complete.
+        tokens_mm: Any = None
+        grid_images: list[Tensor] = []
         if save_images:
-            images = torch.cat(all_images)
             (tmp / "images").mkdir()
-            for j in range(images.shape[0]):
-                save_png(make_grid(images[j : j + 1], nrow=1, padding=0), tmp / "images" / f"{j:06d}.png")
-            save_png(make_grid(images, nrow=nrow), tmp / "grid.png")
+        with _progress(n) as bar:
+            done = 0
+            for cond in chunks:
+                m = min(batch_size, n - done)
+                tokens = prior.generate(m, cond, generator=gen, **generate_kwargs)
+                if tokens_mm is None:
+                    tokens_mm = np.lib.format.open_memmap(
+                        tmp / "tokens.npy", mode="w+", dtype=np.int64, shape=(n, *tokens.shape[1:])
+                    )
+                tokens_mm[done : done + m] = tokens.cpu().numpy()
+                if save_images:
+                    tok = prior._tokenizer_on(tokens.device)
+                    with torch.no_grad():
+                        imgs = tok.detokenize(tokens.reshape(m, *tuple(tok.token_shape))).float().cpu()
+                    for j in range(m):
+                        save_png(make_grid(imgs[j : j + 1], nrow=1, padding=0), tmp / "images" / f"{done + j:06d}.png")
+                    if len(grid_images) < GRID_MAX:
+                        grid_images.append(imgs[: GRID_MAX - len(grid_images)])
+                done += m
+                bar.update(m)
+        tokens_mm.flush()
+        if n <= TOKENS_PT_MAX:
+            all_tokens = torch.from_numpy(np.array(tokens_mm))
+            torch.save({"tokens": all_tokens, **meta}, tmp / "tokens.pt")
+        del tokens_mm
+        torch.save(meta, tmp / "meta.pt")
+        if save_images:
+            save_png(make_grid(torch.cat(grid_images), nrow=nrow), tmp / "grid.png")
     return out

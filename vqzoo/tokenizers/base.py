@@ -25,10 +25,10 @@ Training-loop decisions (see docs/DESIGN.md):
   ``quantizer.after_step()`` (resets run after the optimizer and EMA updates,
   so nothing overwrites them). Then the discriminator step on the detached
   reconstruction, skipped entirely before ``disc_start``.
-* A non-finite generator loss skips the step on every rank (the flag is summed
-  across ranks so DDP never diverges), is counted and logged; after
-  ``max_nonfinite_steps`` in a row training stops with a message naming the
-  last checkpoint written.
+* A non-finite generator loss skips the step on every rank, is counted and
+  logged; after ``max_nonfinite_steps`` in a row training stops with a message
+  naming the last checkpoint written (:mod:`vqzoo.nn.nonfinite`, shared with
+  the priors).
 * The perceptual network is built when fitting starts (``setup("fit")``) and
   is not a submodule: its frozen weights never enter checkpoints, and loading
   a tokenizer for inference never needs them. Missing LPIPS weights stop
@@ -54,15 +54,12 @@ from vqzoo.data.batch import as_batch
 from vqzoo.io import make_grid, save_png
 from vqzoo.losses.adversarial import AdversarialLoss
 from vqzoo.metrics.codebook import CodebookUsage
+from vqzoo.nn.nonfinite import NonFiniteGuard, NonFiniteLossError  # noqa: F401 - NonFiniteLossError re-exported
 from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learning_rates, spec
 from vqzoo.quantize import Quantizer, QuantizerOutput
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when too many consecutive training steps produced a non-finite loss."""
-
-
-class Tokenizer(L.LightningModule, abc.ABC):
+class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
     """Shared base of every image tokenizer.
 
     Args:
@@ -141,8 +138,10 @@ class Tokenizer(L.LightningModule, abc.ABC):
             raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {reconstruction_loss!r}")
         if in_channels < 1 or resolution < 1:
             raise ValueError(f"in_channels and resolution must be >= 1, got {in_channels}, {resolution}")
-        if perceptual_weight < 0 or reconstruction_weight < 0 or codebook_weight < 0:
-            raise ValueError("loss weights must be >= 0")
+        for name, w in (("reconstruction_weight", reconstruction_weight), ("perceptual_weight", perceptual_weight),
+                        ("codebook_weight", codebook_weight)):
+            if not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {w}")
         if scale_lr not in ("none", "linear"):
             raise ValueError(f"scale_lr must be 'none' or 'linear', got {scale_lr!r}")
         # Nested parts are saved as the config they were built with (vqzoo.config), so a
@@ -175,13 +174,11 @@ class Tokenizer(L.LightningModule, abc.ABC):
         if max_generator_steps is not None and max_generator_steps < 1:
             raise ValueError(f"max_generator_steps must be >= 1 or None, got {max_generator_steps}")
         self.max_generator_steps = max_generator_steps
-        self.max_nonfinite_steps = max_nonfinite_steps
         self.check_inputs = check_inputs
         self._value_checks_done = False  # per process: the first training batch's values are checked
         self.num_val_images = num_val_images
         self.register_buffer("_generator_step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("_nonfinite_in_a_row", torch.zeros((), dtype=torch.long))
-        self.register_buffer("_nonfinite_total", torch.zeros((), dtype=torch.long))
+        self.init_nonfinite_guard(max_nonfinite_steps)
         self._perceptual: Any = None
         self.val_codebook = CodebookUsage(quantizer.num_codes, quantizer.num_codebooks)
 
@@ -343,12 +340,6 @@ class Tokenizer(L.LightningModule, abc.ABC):
     def _as_list(self, x: Any) -> list:
         return list(x) if isinstance(x, (list, tuple)) else [x]
 
-    def _all_finite(self, loss: Tensor) -> bool:
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        if self._trainer is not None and self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
-        return float(bad) == 0.0
-
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self.images_of(batch)
         optimizers = self._as_list(self.optimizers())
@@ -371,12 +362,11 @@ class Tokenizer(L.LightningModule, abc.ABC):
         logs["vq"] = q.loss.detach()
         logs.update({f"vq_{k}": v.detach() for k, v in q.losses.items()})
 
-        if not self._all_finite(loss):
+        if self.skip_nonfinite(loss, f"at generator step {step}"):
             if gan:
                 self.untoggle_optimizer(opt_g)
-            self._handle_nonfinite(opt_g)
+            opt_g.zero_grad(set_to_none=True)
             return loss.detach()
-        self._nonfinite_in_a_row.zero_()
 
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -413,23 +403,6 @@ class Tokenizer(L.LightningModule, abc.ABC):
         if self.gradient_clip_norm is not None:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.gradient_clip_norm, gradient_clip_algorithm=self.gradient_clip_algorithm
-            )
-
-    def _handle_nonfinite(self, opt_g: torch.optim.Optimizer) -> None:
-        opt_g.zero_grad(set_to_none=True)
-        self._nonfinite_in_a_row += 1
-        self._nonfinite_total += 1
-        self.log("train/nonfinite_steps", self._nonfinite_total.float(), batch_size=1)
-        if int(self._nonfinite_in_a_row) >= self.max_nonfinite_steps:
-            ckpt = None
-            if self._trainer is not None and self.trainer.checkpoint_callback is not None:
-                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", None) or getattr(
-                    self.trainer.checkpoint_callback, "best_model_path", None
-                )
-            raise NonFiniteLossError(
-                f"{int(self._nonfinite_in_a_row)} consecutive training steps had a non-finite loss "
-                f"(at generator step {self.generator_step}); stopping. Last good checkpoint: "
-                f"{ckpt or 'none written yet'}. Lower the learning rate or enable gradient_clip_norm."
             )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
