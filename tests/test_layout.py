@@ -129,6 +129,8 @@ def test_imports_run_one_way(module: str) -> None:
         # An experiment runner is an entry point too: it drives `vqzoo fit` from Python.
         if d == "cli" and r != "experiments":
             pytest.fail(f"{module} imports {dep}: only the entry points (cli/, experiments/) may import vqzoo.cli")
+        if d == "convert" and r not in ("cli", "experiments"):
+            pytest.fail(f"{module} imports {dep}: only the entry points use the converters")
         if d == "experiments" and r != "experiments":
             pytest.fail(f"{module} imports {dep}: the core never imports vqzoo.experiments")
         assert d != "vqzoo" or r in ("experiments", "cli"), f"{module} imports the top-level package; import the room's module"

@@ -225,6 +225,16 @@ def map_state(
 
 
 # ---------------------------------------------------------------------- output
+def check_request(out: str | os.PathLike, overwrite: bool, quantizer_loss: str) -> Path:
+    """The checks every converter makes before reading anything: the loss convention and the output path."""
+    if quantizer_loss not in ("vqzoo", "taming"):
+        raise ValueError(f"quantizer_loss must be 'vqzoo' or 'taming', got {quantizer_loss!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    return out
+
+
 def write_export(
     out: str | os.PathLike,
     class_path: str,

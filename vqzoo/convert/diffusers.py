@@ -59,6 +59,7 @@ from vqzoo.convert.common import (
     KeyTable,
     UnsupportedError,
     build,
+    check_request,
     file_sha256,
     map_state,
     read_safetensors,
@@ -301,11 +302,7 @@ def convert_diffusers(
     quantizer_loss: Literal["vqzoo", "taming"] = "vqzoo",
 ) -> Path:
     """Convert a diffusers VQModel (directory or Hub id) into a vqzoo VQGAN / MoVQ export at ``out``."""
-    if quantizer_loss not in ("vqzoo", "taming"):
-        raise ValueError(f"quantizer_loss must be 'vqzoo' or 'taming', got {quantizer_loss!r}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    out = check_request(out, overwrite, quantizer_loss)
     cfg, state, model_dir, weights = read_diffusers_model(model, subfolder)
     class_path, vq_config, notes, levels = diffusers_to_vqzoo_config(
         cfg, str(model_dir / "config.json"), resolution, quantizer_loss)

@@ -58,6 +58,7 @@ from vqzoo.convert.common import (
     KeyTable,
     UnsupportedError,
     build,
+    check_request,
     file_sha256,
     map_state,
     read_torch_checkpoint,
@@ -316,11 +317,7 @@ def convert_taming(
     use_ema_weights: bool = False,
 ) -> Path:
     """Convert a taming / latent-diffusion VQModel checkpoint + YAML into a vqzoo VQGAN export at ``out``."""
-    if quantizer_loss not in ("vqzoo", "taming"):
-        raise ValueError(f"quantizer_loss must be 'vqzoo' or 'taming', got {quantizer_loss!r}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it")
+    out = check_request(out, overwrite, quantizer_loss)
     cfg = read_taming_config(config)
     raw = read_torch_checkpoint(ckpt)
     state = raw.get("state_dict", raw)
