@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqzoo.data.batch import as_batch
+from vqzoo.nn.ema import EMAWeightsMixin
 from vqzoo.nn.transformer import Transformer, resolve_transformer_size
 
 __all__ = [
@@ -154,7 +155,7 @@ def classifier_free_guidance(logits: Tensor, n: int, scale: float | None) -> Ten
 # ---------------------------------------------------------------------------
 
 
-class Prior(L.LightningModule, metaclass=abc.ABCMeta):
+class Prior(EMAWeightsMixin, L.LightningModule, metaclass=abc.ABCMeta):
     """Base class of the token priors.
 
     Args:
@@ -179,6 +180,10 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         n_layer, n_head, n_embd: transformer depth, heads and width.
         embd_pdrop, resid_pdrop, attn_pdrop: dropouts (minGPT and the MaskGIT
             reference: 0.1 each).
+        ema_decay: keep an EMA of the weights (``vqzoo.nn.ema``; 0.999 typical,
+            None = off), updated after each optimizer step; validation, test,
+            predict, export and ``vqzoo evaluate`` use it.
+        ema_eval: evaluate with the EMA weights (False: the raw weights).
 
     Subclasses set ``self.vocab_size``, ``self.token_shape`` and (class-conditional
     ones) ``self.num_classes``, and implement
@@ -207,8 +212,11 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         embd_pdrop: float = 0.1,
         resid_pdrop: float = 0.1,
         attn_pdrop: float = 0.1,
+        ema_decay: float | None = None,
+        ema_eval: bool = True,
     ) -> None:
         super().__init__()
+        self._init_weight_ema(ema_decay, ema_eval)
         self.n_layer, self.n_head, self.n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
         for name, p in (("embd_pdrop", embd_pdrop), ("resid_pdrop", resid_pdrop), ("attn_pdrop", attn_pdrop)):
             if not 0.0 <= p < 1.0:
@@ -382,6 +390,7 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
     # -- Lightning hooks ---------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        self._attach_weight_ema()
         # Fail before the first step if the tokenizer or token data do not fit.
         if self.tokenizer_path is not None:
             _ = self.frozen_tokenizer
@@ -400,6 +409,7 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
         from vqzoo.checkpoint import checkpoint_meta
 
         checkpoint["vqzoo"] = checkpoint_meta(self)
+        self.ema_checkpoint_fix(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from vqzoo.checkpoint import restore_rng
@@ -451,6 +461,11 @@ class Prior(L.LightningModule, metaclass=abc.ABCMeta):
             self.log(f"test/{k}", v, batch_size=bs, sync_dist=True)
 
     # -- optimizer ---------------------------------------------------------------
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The weight EMA follows every real optimizer step (not every batch under accumulation).
+        super().optimizer_step(*args, **kwargs)
+        self._update_weight_ema()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: decay for ``nn.Linear`` weights, none for everything else."""

@@ -49,6 +49,7 @@ from vqzoo.data.batch import as_batch
 from vqzoo.io import make_grid, save_png
 from vqzoo.losses.adversarial import AdversarialLoss
 from vqzoo.metrics.codebook import CodebookUsage
+from vqzoo.nn.ema import EMAWeightsMixin
 from vqzoo.quantize import QuantizerOutput, VectorQuantizer
 
 
@@ -56,7 +57,7 @@ class NonFiniteLossError(RuntimeError):
     """Raised when too many consecutive training steps produced a non-finite loss."""
 
 
-class Tokenizer(L.LightningModule, abc.ABC):
+class Tokenizer(EMAWeightsMixin, L.LightningModule, abc.ABC):
     """Shared base of every image tokenizer.
 
     Args:
@@ -86,6 +87,16 @@ class Tokenizer(L.LightningModule, abc.ABC):
         max_nonfinite_steps: consecutive non-finite losses tolerated before stopping.
         check_inputs: validate every batch (shape, dtype, finiteness, range).
         num_val_images: images shown in the validation grid.
+        ema_decay: keep an EMA of the generator's weights (``vqzoo.nn.ema``; 0.999
+            typical, None = off); validation, test, predict, export and
+            ``vqzoo evaluate`` then use the averaged weights.
+        ema_eval: evaluate with the EMA weights (False: the raw weights).
+        fid_every_n_epochs: also compute a Fréchet distance of reconstructions
+            in validation every this many epochs (None = never); needs
+            ``fid_feature_extractor``.
+        fid_feature_extractor: the feature extractor spec of
+            :func:`vqzoo.metrics.generation.build_feature_extractor`
+            (``"inception"`` or ``"classifier:PATH"``).
     """
 
     #: spatial reduction from image to token grid; subclasses set it.
@@ -116,6 +127,10 @@ class Tokenizer(L.LightningModule, abc.ABC):
         max_nonfinite_steps: int = 10,
         check_inputs: bool = True,
         num_val_images: int = 8,
+        ema_decay: float | None = None,
+        ema_eval: bool = True,
+        fid_every_n_epochs: int | None = None,
+        fid_feature_extractor: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(quantizer, VectorQuantizer):
@@ -163,6 +178,8 @@ class Tokenizer(L.LightningModule, abc.ABC):
         self.register_buffer("_nonfinite_total", torch.zeros((), dtype=torch.long))
         self._perceptual: Any = None
         self.val_codebook = CodebookUsage(quantizer.num_codes, quantizer.num_groups)
+        self._init_weight_ema(ema_decay, ema_eval)
+        self._init_eval_metrics(fid_every_n_epochs, fid_feature_extractor)
 
     # ------------------------------------------------------------------ subclass interface
     @abc.abstractmethod
@@ -177,6 +194,20 @@ class Tokenizer(L.LightningModule, abc.ABC):
     @abc.abstractmethod
     def last_layer(self) -> Tensor:
         """The decoder's last weight, for the adaptive GAN weight."""
+
+    def _init_eval_metrics(self, fid_every_n_epochs: int | None, fid_feature_extractor: str | None) -> None:
+        if fid_every_n_epochs is not None and fid_every_n_epochs < 1:
+            raise ValueError(f"fid_every_n_epochs must be >= 1 or None, got {fid_every_n_epochs}")
+        if fid_every_n_epochs is not None and not fid_feature_extractor:
+            raise ValueError(
+                "fid_every_n_epochs needs fid_feature_extractor ('inception' or 'classifier:PATH'): "
+                "name the network whose features the Fréchet distance compares"
+            )
+        self.fid_every_n_epochs = fid_every_n_epochs
+        self.fid_feature_extractor = fid_feature_extractor
+        # Built at setup (fail at start-up when weights are missing); not a submodule, so the
+        # feature network never enters checkpoints (see vqzoo.metrics.generation).
+        object.__setattr__(self, "_fid_metrics", None)
 
     def latent_transform(self, quantized: Tensor) -> Tensor:
         """Applied between quantizer and decoder in training only (identity by default)."""
@@ -269,7 +300,11 @@ class Tokenizer(L.LightningModule, abc.ABC):
         return total, logs
 
     # ------------------------------------------------------------------ Lightning hooks
+    #: the discriminator is trained against the generator, never averaged.
+    ema_exclude = ("adversarial.",)
+
     def setup(self, stage: str) -> None:
+        self._attach_weight_ema()
         if stage == "fit" and self.perceptual_weight > 0 and self._perceptual is None:
             # Fail at start-up, never silently train without the loss asked for.
             self._perceptual = _build_lpips()
@@ -357,6 +392,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
         opt_g.step()
         schedulers[0].step()
         moved = self.quantizer.after_step()
+        self._update_weight_ema()  # after resets, so a moved code enters the average as it is
         self._generator_step += 1
 
         if self.adversarial is not None and self.adversarial.is_active(step):
@@ -462,6 +498,7 @@ class Tokenizer(L.LightningModule, abc.ABC):
         from vqzoo.checkpoint import checkpoint_meta
 
         checkpoint["vqzoo"] = checkpoint_meta(self)
+        self.ema_checkpoint_fix(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from vqzoo.checkpoint import restore_rng
