@@ -6,6 +6,8 @@ subclass mode (``model: {class_path: ..., init_args: ...}``). Extra commands:
 * ``vqzoo export --ckpt C --out DIR``: weights as safetensors plus config.json.
 * ``vqzoo encode --tokenizer CKPT_OR_DIR --data DATA.yaml --out DIR``: a token dataset.
 * ``vqzoo sample --prior CKPT_OR_DIR --n 64 --out DIR``: tokens and an image grid.
+* ``vqzoo evaluate --model CKPT_OR_DIR --data DATA.yaml --out report.json``: PSNR/SSIM/LPIPS/FID/IS and
+  codebook usage (tokenizers) or FID/IS and speed (priors), with the protocol written into the report.
 
 Defaults a user of the field expects: a rich progress bar, TensorBoard and
 CSV logs under ``runs/``, a ``last.ckpt`` checkpoint, and the config saved
@@ -98,12 +100,12 @@ class VQZooCLI(LightningCLI):
 
 
 def _extra_commands() -> dict[str, Any]:
-    from vqzoo.cli import encode, export, sample
+    from vqzoo.cli import encode, evaluate, export, sample
 
-    return {"export": export.main, "encode": encode.main, "sample": sample.main}
+    return {"export": export.main, "encode": encode.main, "sample": sample.main, "evaluate": evaluate.main}
 
 
-EXTRA_COMMANDS = ("export", "encode", "sample")
+EXTRA_COMMANDS = ("export", "encode", "sample", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
