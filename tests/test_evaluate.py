@@ -319,3 +319,19 @@ def test_evaluate_prior_gfid_and_speed(tokenizer_export: Path, tmp_path: Path) -
     assert report["metrics"]["fd"] > 0 and report["metrics"]["images_per_second"] > 0
     assert report["protocol"]["reference_set"]["num_images"] == 500  # the whole test split
     assert len(report["model"]["tokenizer"]["sha256"]) == 64
+
+
+def test_test_and_validation_log_fid_when_configured(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = VQGAN(VectorQuantizer(16, 4), in_channels=1, resolution=16, ch=8, ch_mult=(1, 2), attn_resolutions=(),
+                  z_channels=8, fid_every_n_epochs=1, fid_feature_extractor="tiny-test")
+    trainer = _trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(model, _images(), _images())
+    assert "val/fd" in trainer.callback_metrics and "val/is" in trainer.callback_metrics
+    (res,) = trainer.test(model, _images(), verbose=False)
+    for key in ("test/psnr", "test/ssim", "test/fd", "test/is", "test/codebook_usage", "test/perplexity",
+                "test/codebook_entropy"):
+        assert key in res, key
+    with pytest.raises(ValueError, match="fid_feature_extractor"):
+        VQGAN(VectorQuantizer(16, 4), in_channels=1, resolution=16, ch=8, ch_mult=(1, 2), attn_resolutions=(),
+              z_channels=8, fid_every_n_epochs=1)

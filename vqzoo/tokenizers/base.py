@@ -209,6 +209,21 @@ class Tokenizer(EMAWeightsMixin, L.LightningModule, abc.ABC):
         # feature network never enters checkpoints (see vqzoo.metrics.generation).
         object.__setattr__(self, "_fid_metrics", None)
 
+    def _build_fid_metrics(self) -> None:
+        if self.fid_feature_extractor and self._fid_metrics is None:
+            from vqzoo.metrics.generation import GenerativeMetrics, build_feature_extractor
+
+            extractor = build_feature_extractor(self.fid_feature_extractor)  # missing weights: stops here
+            object.__setattr__(self, "_fid_metrics", GenerativeMetrics(extractor))
+
+    def _fid_active(self, stage: str) -> bool:
+        if self._fid_metrics is None or self._trainer is None or self.trainer.sanity_checking:
+            return False
+        if stage == "test":
+            return True
+        n = self.fid_every_n_epochs
+        return n is not None and (self.current_epoch + 1) % n == 0
+
     def latent_transform(self, quantized: Tensor) -> Tensor:
         """Applied between quantizer and decoder in training only (identity by default)."""
         return quantized
@@ -305,6 +320,8 @@ class Tokenizer(EMAWeightsMixin, L.LightningModule, abc.ABC):
 
     def setup(self, stage: str) -> None:
         self._attach_weight_ema()
+        if stage in ("fit", "validate", "test"):
+            self._build_fid_metrics()
         if stage == "fit" and self.perceptual_weight > 0 and self._perceptual is None:
             # Fail at start-up, never silently train without the loss asked for.
             self._perceptual = _build_lpips()
@@ -455,6 +472,10 @@ class Tokenizer(EMAWeightsMixin, L.LightningModule, abc.ABC):
         logs["ssim"] = _ssim(r01, x01)
         self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, sync_dist=True, batch_size=x.shape[0])
         self.val_codebook.update(self.quantizer.histogram(q.indices))
+        if self._fid_active(stage):
+            fid = self._fid_metrics.to(x.device)
+            fid.update_real(x)
+            fid.update_fake(x_rec.detach().clamp(-1, 1))
         if batch_idx == 0:
             self._save_grid(x, x_rec, stage)
 
@@ -463,7 +484,17 @@ class Tokenizer(EMAWeightsMixin, L.LightningModule, abc.ABC):
         self.log(f"{stage}/codebook_usage", res["usage"], sync_dist=False)
         self.log(f"{stage}/codes_used", res["codes_used"].float(), sync_dist=False)
         self.log(f"{stage}/perplexity", res["perplexity"], sync_dist=False)
+        self.log(f"{stage}/codebook_entropy", res["entropy"], sync_dist=False)
         self.val_codebook.reset()
+        if self._fid_active(stage) and int(self._fid_metrics.fid.fake_features_num_samples) > 1:
+            # gathered across ranks by torchmetrics; "rfid" only on Inception features, else "cfid"/"fd"
+            out = self._fid_metrics.compute()
+            ext = self._fid_metrics.extractor
+            name = "rfid" if ext.fid_name == "FID" else ("cfid" if ext.fid_name.startswith("cFID") else "fd")
+            self.log(f"{stage}/{name}", torch.tensor(out["fd"]), sync_dist=False)
+            if "is_mean" in out:
+                self.log(f"{stage}/is", torch.tensor(out["is_mean"]), sync_dist=False)
+            self._fid_metrics.reset()
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "test")
