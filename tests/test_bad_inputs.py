@@ -108,6 +108,44 @@ def _missing_lpips(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     LPIPS(pretrained=True)
 
 
+def _tok_export(tmp: Path, in_channels: int = 1, num_codes: int = 16) -> Path:
+    from vqzoo.checkpoint import export_model
+
+    torch.manual_seed(0)
+    model = VQGAN(VectorQuantizer(num_codes, 4), in_channels=in_channels, resolution=16, ch=8, ch_mult=(1, 2),
+                  attn_resolutions=(), z_channels=8)
+    return export_model(model, tmp / f"tok{in_channels}_{num_codes}")
+
+
+def _evaluate(tmp: Path, model: Path, *args: str, channels: int = 1, resolution: int = 16) -> None:
+    from vqzoo.cli.evaluate import main
+
+    data = tmp / "data.yaml"
+    data.write_text(
+        "data:\n  class_path: vqzoo.data.images.ImageDataModule\n  init_args:\n    source: mnist5k\n"
+        f"    resolution: {resolution}\n    channels: {channels}\n    batch_size: 16\n"
+    )
+    try:
+        main(["--model", str(model), "--data", str(data), "--feature-extractor", "none", "--lpips", "off",
+              "--out", str(tmp / "report.json"), *args])
+    finally:
+        assert not list(tmp.glob("report*")) and not list(tmp.glob(".report*"))  # nothing half-written
+
+
+def _evaluate_not_a_model(tmp: Path) -> None:
+    from vqzoo.checkpoint import export_model
+    from vqzoo.experiments.te.semantic import QuadrantClassifier
+
+    _evaluate(tmp, export_model(QuadrantClassifier(width=4), tmp / "clf"))
+
+
+def _evaluate_vocab_mismatch(tmp: Path) -> None:
+    from vqzoo.checkpoint import export_model
+
+    prior = export_model(MiniGPT(vocab_size=32, token_shape=[8, 8], n_layer=1, n_head=1, n_embd=8), tmp / "prior")
+    _evaluate(tmp, prior, "--tokenizer", str(_tok_export(tmp)))
+
+
 CASES = [
     # (id, callable(tmp, monkeypatch), error class, message pattern)
     ("wrong channel count", lambda t, m: _vqgan()(torch.zeros(1, 1, 16, 16)), ValueError, r"\(B, 3, H, W\).*\(1, 1, 16, 16\)"),
@@ -140,6 +178,12 @@ CASES = [
     ("K < 1", lambda t, m: VectorQuantizer(0, 8), ValueError, "num_codes must be an integer >= 1, got 0"),
     ("feature dimension mismatch", lambda t, m: VectorQuantizer(8, 4)(torch.zeros(1, 5, 2, 2)), ValueError, r"\(B, 4, H, W\).*\(1, 5, 2, 2\)"),
     ("NaN features", lambda t, m: VectorQuantizer(8, 4)(torch.full((1, 4, 2, 2), float("nan"))), ValueError, "NaN or Inf"),
+    ("evaluate: a model that is neither tokenizer nor prior", lambda t, m: _evaluate_not_a_model(t), ValueError, r"QuadrantClassifier, expected a tokenizer .* or a prior"),
+    ("evaluate: data with other channels than the model", lambda t, m: _evaluate(t, _tok_export(t), channels=3), ValueError, r"yields images of shape \(3, 16, 16\) but the VQGAN expects \(1, H, W\)"),
+    ("evaluate: data of a size the model cannot take", lambda t, m: _evaluate(t, _tok_export(t), resolution=15), ValueError, r"shape \(1, 15, 15\) but the VQGAN expects \(1, H, W\) with H, W divisible by 2"),
+    ("evaluate: more images than the split", lambda t, m: _evaluate(t, _tok_export(t), "--num-images", "501"), ValueError, r"--num-images 501 is larger than the test split .* \(500 images\)"),
+    ("evaluate: prior and tokenizer vocabularies differ", lambda t, m: _evaluate_vocab_mismatch(t), ValueError, r"tokenizer has vocab_size=16 but MiniGPT was configured with vocab_size=32"),
+    ("evaluate: missing Inception weights", lambda t, m: (m.setenv("TORCH_HOME", str(t)), _evaluate(t, _tok_export(t), "--feature-extractor", "inception")), FileNotFoundError, r"weights-inception-2015-12-05-6726825d.pth into .*hub/checkpoints"),
 ]
 # Also covered elsewhere: the missing-LPIPS stop at `fit`
 # start-up (test_vqgan.py), a code-running pickled checkpoint (test_cli.py), no
