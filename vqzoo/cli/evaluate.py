@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluate the EMA weights when the model has them (default) or the raw weights")
     p.add_argument("--tokenizer", default=None, help="prior only: decode with this tokenizer instead of its own")
     p.add_argument("--grid", type=int, default=8, help="images in the PNG grid")
-    p.add_argument("--seed", type=int, default=0, help="prior sampling seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of prior sampling and of the IS splits")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--device", default="cpu")
@@ -93,6 +93,18 @@ def _check_images(tokenizer: Any, shape: tuple[int, ...], data: str, what: str) 
             f"{'generates' if what == 'reference' else 'expects'} {want}: set the data config's "
             "channels/resolution to match the model"
         )
+
+
+def _export_note(path: Any) -> str:
+    """What an export says about its weights (``config.json``'s "weights"), else that there is no EMA."""
+    import json
+
+    cfg = Path(path) / "config.json" if path is not None else None
+    if cfg is not None and cfg.is_file():
+        note = json.loads(cfg.read_text()).get("weights")
+        if note:
+            return f"as exported: {note}"
+    return "the model's weights (it keeps no EMA)"
 
 
 def _lpips(mode: str) -> tuple[Any, str | None]:
@@ -157,11 +169,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     if tokenizer is None:
         raise ValueError(f"{a.model} is a prior without a tokenizer; pass --tokenizer PATH to decode its samples")
     weights = {}
-    for role, m in (("model", model), ("tokenizer", tokenizer)) if kind == "prior" else (("model", model),):
+    roles = (("model", model, a.model), ("tokenizer", tokenizer, a.tokenizer or getattr(model, "tokenizer_path", None)))
+    for role, m, path in roles if kind == "prior" else roles[:1]:
         has = getattr(m, "weight_ema", None) is not None
         if has and a.weights == "ema":
             m.use_ema_weights()
-        weights[role] = ("ema" if a.weights == "ema" else "raw") if has else "raw (the model keeps no EMA)"
+        weights[role] = ("EMA weights" if a.weights == "ema" else "raw weights (EMA not used)") if has else _export_note(path)
     device = torch.device(a.device)
     model.to(device).eval()
     tokenizer.to(device).eval()
@@ -192,7 +205,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     if lpips_fn is not None:
         lpips_fn.to(device)
 
-    # ---- evaluation
+    # ---- evaluation (seeded: the IS splits are drawn at random by torchmetrics)
+    torch.manual_seed(a.seed)
     gen = GenerativeMetrics(extractor).to(device) if extractor is not None else None
     t0 = time.perf_counter()
     if kind == "tokenizer":
@@ -251,6 +265,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t0
 
     fd_name = None
+    is_name = extractor.is_name if extractor is not None else None
     if extractor is not None:
         base = extractor.fid_name
         fd_name = ("rFID" if kind == "tokenizer" else "gFID") if base == "FID" else base
@@ -259,13 +274,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     report = {
         "kind": kind,
         "fd_name": fd_name,
+        "is_name": is_name,
         "metrics": values,
         "notes": {
             "fd": (f"'fd' is the {fd_name}: Fréchet distance of "
                    + ("reconstructions vs the same images" if kind == "tokenizer" else "generated images vs the split")
                    + f" on {extractor.label}" if extractor is not None else "not computed (--feature-extractor none)"),
-            "is": "Inception Score of the " + ("reconstructions" if kind == "tokenizer" else "samples")
-                  + (f" on {extractor.label} logits" if extractor is not None else " (not computed)"),
+            "is": (f"'is_mean' is the {is_name} of the " + ("reconstructions" if kind == "tokenizer" else "samples")
+                   + ("; 'is_real_mean' that of the input images" if kind == "tokenizer" else "")
+                   if extractor is not None else "not computed (--feature-extractor none)"),
             "lpips": lpips_note or "LPIPS (VGG16, lpips v0.1 heads) via vqzoo.losses.perceptual",
             "psnr_ssim": "torchmetrics, per image on [0, 1] (data_range 1), averaged over images",
         },
@@ -289,7 +306,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         "psnr_ssim": "torchmetrics", "versions": backend_versions()},
             "vqzoo_version": __version__,
             "device": str(device),
-            "seed": a.seed if kind == "prior" else None,
+            "seed": a.seed,
         },
         "wall_seconds": wall,
     }

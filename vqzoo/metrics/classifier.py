@@ -80,6 +80,7 @@ class ClassifierExtractor(FeatureExtractor):
         self.label = f"{label} features"
         self.name = name
         self.fid_name = f"cFID ({label} features)"
+        self.is_name = f"cIS ({label} logits)"
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> ClassifierExtractor:

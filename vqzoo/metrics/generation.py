@@ -78,6 +78,7 @@ class FeatureExtractor(nn.Module):
     num_features: int = 0
     weights_file: Path | None = None
     fid_name: str = "FD"
+    is_name: str = "IS-formula score"
     backend: str = "torchmetrics"
 
     def protocol(self) -> dict:
@@ -89,6 +90,7 @@ class FeatureExtractor(nn.Module):
             "weights_file": str(self.weights_file) if self.weights_file else None,
             "weights_sha256": sha256_file(self.weights_file) if self.weights_file else None,
             "distance_name": self.fid_name,
+            "score_name": self.is_name,
         }
 
 
@@ -99,6 +101,7 @@ class InceptionExtractor(FeatureExtractor):
     label = "Inception-V3 (torch-fidelity inception-v3-compat, pool3 2048-d; IS on logits_unbiased)"
     num_features = 2048
     fid_name = "FID"
+    is_name = "IS"
 
     def __init__(self, weights: str | os.PathLike | None = None) -> None:
         super().__init__()
@@ -166,9 +169,10 @@ class GenerativeMetrics(nn.Module):
 
     ``update_real`` / ``update_fake`` take images in [-1, 1]; ``update_features``
     takes features directly (tests, precomputed statistics). ``compute`` returns
-    ``{"fd": ..., "is_mean": ..., "is_std": ...}`` (IS only when the extractor
-    has logits and ``inception_score``), as Python floats; under DDP the sums
-    are gathered over ranks by torchmetrics first.
+    ``{"fd": ..., "is_mean": ..., "is_std": ..., "is_real_mean": ...}`` (IS
+    only when the extractor has logits and ``inception_score``; ``is_real`` is
+    the score of the real images, the ceiling a reconstruction can reach), as
+    Python floats; under DDP the sums are gathered over ranks by torchmetrics first.
     """
 
     def __init__(self, extractor: FeatureExtractor | None, num_features: int | None = None,
@@ -184,13 +188,14 @@ class GenerativeMetrics(nn.Module):
         self.fid = FrechetInceptionDistance(feature=_Identity(dim), reset_real_features=True)
         self.inception_score = inception_score
         self.is_splits = is_splits
-        self.isc = None
+        self.isc = self.isc_real = None
         if inception_score:
             import warnings
 
             with warnings.catch_warnings():  # it keeps the logits of every image: N x K floats, small here
                 warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
                 self.isc = InceptionScore(feature=_Identity(1), splits=is_splits)
+                self.isc_real = InceptionScore(feature=_Identity(1), splits=is_splits)
 
     @torch.no_grad()
     def _features(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -199,12 +204,12 @@ class GenerativeMetrics(nn.Module):
 
     def update_features(self, features: Tensor, real: bool, logits: Tensor | None = None) -> None:
         self.fid.update(features.double(), real=real)
-        if not real and self.isc is not None and logits is not None:
-            self.isc.update(logits.double())
+        if self.isc is not None and logits is not None:
+            (self.isc_real if real else self.isc).update(logits.double())
 
     def update_real(self, images: Tensor) -> None:
-        feats, _ = self._features(images)
-        self.update_features(feats, real=True)
+        feats, logits = self._features(images)
+        self.update_features(feats, real=True, logits=logits)
 
     def update_fake(self, images: Tensor) -> None:
         feats, logits = self._features(images)
@@ -215,9 +220,13 @@ class GenerativeMetrics(nn.Module):
         if self.isc is not None and self.isc.update_count > 0:
             mean, std = self.isc.compute()
             out["is_mean"], out["is_std"] = float(mean), float(std)
+        if self.isc_real is not None and self.isc_real.update_count > 0:
+            mean, std = self.isc_real.compute()
+            out["is_real_mean"], out["is_real_std"] = float(mean), float(std)
         return out
 
     def reset(self) -> None:
         self.fid.reset()
-        if self.isc is not None:
-            self.isc.reset()
+        for m in (self.isc, self.isc_real):
+            if m is not None:
+                m.reset()

@@ -74,8 +74,7 @@ class ReconstructionMetrics(nn.Module):
         if self.generative is not None:
             g = self.generative.compute()
             out["fd"] = g["fd"]
-            if "is_mean" in g:
-                out["is_mean"], out["is_std"] = g["is_mean"], g["is_std"]
+            out.update({k: v for k, v in g.items() if k.startswith("is_")})
         if self.codebook is not None and int(self.codebook.counts.sum()) > 0:
             c = self.codebook.compute()
             out.update({"codebook_usage": float(c["usage"]), "codes_used": int(c["codes_used"]),

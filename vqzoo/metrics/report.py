@@ -63,16 +63,17 @@ def markdown_row(report: dict[str, Any]) -> tuple[str, str]:
     """(header, row) of one markdown table line summarising ``report``."""
     m = report["metrics"]
     fd_name = report.get("fd_name") or "FD"
+    is_name = report.get("is_name") or "IS"
     if report["kind"] == "tokenizer":
         cols = [("model", report["model"]["name"]), ("split", report["protocol"]["reference_set"]["split"]),
                 ("N", report["protocol"]["reference_set"]["num_images"]), ("PSNR", m.get("psnr")),
                 ("SSIM", m.get("ssim")), ("LPIPS", m.get("lpips")), (fd_name, m.get("fd")),
-                ("IS", m.get("is_mean")), ("codes used", m.get("codes_used")), ("usage", m.get("codebook_usage")),
+                (is_name, m.get("is_mean")), (f"{is_name} of the inputs", m.get("is_real_mean")), ("codes used", m.get("codes_used")), ("usage", m.get("codebook_usage")),
                 ("perplexity", m.get("perplexity")), ("entropy (bits)", m.get("entropy_bits"))]
     else:
         cols = [("model", report["model"]["name"]), ("split", report["protocol"]["reference_set"]["split"]),
                 ("N generated", m.get("num_generated")), ("N reference", report["protocol"]["reference_set"]["num_images"]),
-                (fd_name, m.get("fd")), ("IS", m.get("is_mean")), ("images/s", m.get("images_per_second"))]
+                (fd_name, m.get("fd")), (is_name, m.get("is_mean")), ("images/s", m.get("images_per_second"))]
     cols.append(("sha256", report["model"]["sha256"][:12]))
     header = "| " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * len(cols)
     row = "| " + " | ".join(_fmt(v) for _, v in cols) + " |"
