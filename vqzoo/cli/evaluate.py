@@ -144,7 +144,7 @@ def _reference_protocol(dm: Any, data: str, split: str, n: int, shape: tuple[int
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
     from vqzoo import __version__
-    from vqzoo.checkpoint import load
+    from vqzoo.checkpoint import CheckpointError, load
     from vqzoo.cli.common import datamodule_from_yaml, split_loader
     from vqzoo.io import make_grid
     from vqzoo.metrics.generation import GenerativeMetrics, build_feature_extractor
@@ -161,7 +161,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 
     # ---- start-up checks: nothing is computed or written before all pass
     overrides = {"tokenizer": a.tokenizer} if a.tokenizer else {}
-    model = load(a.model, **overrides)
+    try:
+        model = load(a.model, **overrides)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"--model {a.model} is not a loadable vqzoo model ({err}); expected a tokenizer or a prior: a .ckpt "
+            "written by `vqzoo fit` or a directory written by `vqzoo export`"
+        ) from err
     kind = _model_kind(model, a.model)
     if a.tokenizer and kind != "prior":
         raise ValueError("--tokenizer applies to priors only")

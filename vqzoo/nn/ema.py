@@ -21,8 +21,12 @@ Decisions (DESIGN.md is silent on them):
   a 600-step run would still be 55% the random initialisation. ``warmup=False``
   uses ``decay`` from the first step.
 * Under DDP every rank holds identical parameters after each optimizer step,
-  so identical local updates keep the shadows identical without a collective
-  (and DDP's buffer broadcast would copy rank 0's anyway).
+  so identical local updates keep the shadows identical without a collective.
+  The shadows are therefore listed in ``_ddp_params_and_buffers_to_ignore``:
+  DDP would otherwise broadcast them from rank 0 at every forward, a
+  model-sized transfer per step for nothing. A fresh run re-copies them from
+  the parameters at ``on_fit_start``, after DDP has broadcast rank 0's
+  parameters (a resumed run keeps the restored shadows).
 * Evaluation swaps the shadows into the parameters and back (:meth:`swap`;
   exchanging values, so nothing holding a parameter notices). A checkpoint
   written while swapped (Lightning's ModelCheckpoint saves in its
@@ -105,6 +109,13 @@ class WeightEMA(nn.Module):
             values = [v.float() for v in values]
         torch._foreach_lerp_(shadows, values, weight)
         self.num_updates += 1
+
+    @torch.no_grad()
+    def reset_to(self, params: Mapping[str, Tensor]) -> None:
+        """Make every shadow equal to its parameter (the start of a run)."""
+        shadows, values = self._pairs(params)
+        for s, p in zip(shadows, values):
+            s.copy_(p)
 
     @torch.no_grad()
     def swap(self, params: Mapping[str, Tensor]) -> None:
@@ -191,6 +202,9 @@ class EMAWeightsMixin:
     def _attach_weight_ema(self) -> None:
         if self.weight_ema is not None and not self.weight_ema.names:
             self.weight_ema.attach(self.ema_parameters().items())
+            # every rank updates its shadows identically: DDP need not broadcast them (module doc)
+            ignore = [f"weight_ema.{k}" for k in self.weight_ema._buffers]
+            self._ddp_params_and_buffers_to_ignore = [*getattr(self, "_ddp_params_and_buffers_to_ignore", []), *ignore]
 
     def _update_weight_ema(self) -> None:
         if self.weight_ema is not None:
@@ -216,6 +230,14 @@ class EMAWeightsMixin:
     def ema_checkpoint_fix(self, checkpoint: dict[str, Any]) -> None:
         if self.weight_ema is not None and "state_dict" in checkpoint:
             self.weight_ema.fix_state_dict(checkpoint["state_dict"])
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()  # type: ignore[misc]
+        # After DDP broadcast rank 0's parameters; a resumed run (updates > 0) keeps its shadows.
+        ema = self.weight_ema
+        if ema is not None and not ema.swapped and int(ema.num_updates) == 0:
+            self._attach_weight_ema()
+            ema.reset_to(self.ema_parameters())
 
     # Lightning hooks (plain methods here; the host's MRO puts them before LightningModule's).
     # Swap in after Lightning puts the model in eval mode; swap back in ``on_*_end``
