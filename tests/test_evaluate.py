@@ -335,3 +335,21 @@ def test_test_and_validation_log_fid_when_configured(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fid_feature_extractor"):
         VQGAN(VectorQuantizer(16, 4), in_channels=1, resolution=16, ch=8, ch_mult=(1, 2), attn_resolutions=(),
               z_channels=8, fid_every_n_epochs=1)
+
+
+def test_committed_quickstart_model_reconstructs_well() -> None:
+    """The export behind README's numbers and the notebook loads and still reconstructs test digits well."""
+    from vqzoo.data.images import ImageDataModule
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quickstart_tokenizer"
+    model = load(path)
+    assert json.loads((path / "config.json").read_text())["weights"].startswith("EMA")
+    dm = ImageDataModule(source="mnist5k", resolution=32, channels=1, batch_size=100)
+    dm.setup("test")
+    x = next(iter(dm.test_dataloader()))["images"]
+    with torch.no_grad():
+        idx = model.tokenize(x)
+        rec = model.detokenize(idx).clamp(-1, 1)
+    mse = ((rec - x) / 2).pow(2).flatten(1).mean(1)
+    assert float((10 * torch.log10(1 / mse)).mean()) > 24.0
+    assert idx.shape == (100, 8, 8) and idx.unique().numel() >= 80
