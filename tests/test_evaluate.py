@@ -193,6 +193,9 @@ def test_tokenizer_ema_in_checkpoint_validation_and_export(tmp_path: Path) -> No
     again = load(tmp_path / "ckpt" / "last.ckpt")
     assert torch.equal(again.weight_ema.shadow(name), ema.shadow(name))
     assert torch.equal(dict(again.named_parameters())[name], dict(model.named_parameters())[name])
+    import pickle  # picklable (ddp_spawn sends the model to its processes): no lambdas among the hooks
+
+    assert torch.equal(pickle.loads(pickle.dumps(again)).weight_ema.shadow(name), ema.shadow(name))
     # export writes the EMA as the weights and says so
     out = export_model(again, tmp_path / "export")
     meta = json.loads((out / "config.json").read_text())

@@ -167,6 +167,10 @@ class WeightEMA(nn.Module):
         return out
 
 
+def _attach_hook(module: Any, *args: Any, **kwargs: Any) -> None:
+    module._attach_weight_ema()
+
+
 class EMAWeightsMixin:
     """The hooks a LightningModule base needs for weight EMA (tokenizers and priors share it).
 
@@ -189,8 +193,9 @@ class EMAWeightsMixin:
             self.weight_ema = None
             return
         self.weight_ema = WeightEMA(decay)
-        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module._attach_weight_ema())
-        self.register_load_state_dict_pre_hook(lambda module, *args, **kwargs: module._attach_weight_ema())
+        # module-level functions, not lambdas: the model must stay picklable (ddp_spawn, torch.save)
+        self.register_state_dict_pre_hook(_attach_hook)
+        self.register_load_state_dict_pre_hook(_attach_hook)
 
     def ema_parameters(self) -> dict[str, Tensor]:
         """The parameters the EMA tracks, by name (everything but ``ema_exclude``)."""
