@@ -193,6 +193,42 @@ def _empty_checkpoint_on_resume(tmp: Path) -> None:
 
     (tmp / "empty.ckpt").write_bytes(b"")
     AtomicCheckpointIO().load_checkpoint(tmp / "empty.ckpt")
+def _tok_export(tmp: Path, in_channels: int = 1, num_codes: int = 16) -> Path:
+    from vqzoo.checkpoint import export_model
+
+    torch.manual_seed(0)
+    model = VQGAN(VectorQuantizer(num_codes, 4), in_channels=in_channels, resolution=16, ch=8, ch_mult=(1, 2),
+                  attn_resolutions=(), z_channels=8)
+    return export_model(model, tmp / f"tok{in_channels}_{num_codes}")
+
+
+def _evaluate(tmp: Path, model: Path, *args: str, channels: int = 1, resolution: int = 16) -> None:
+    from vqzoo.cli.evaluate import main
+
+    data = tmp / "data.yaml"
+    data.write_text(
+        "data:\n  class_path: vqzoo.data.images.ImageDataModule\n  init_args:\n    source: mnist5k\n"
+        f"    resolution: {resolution}\n    channels: {channels}\n    batch_size: 16\n"
+    )
+    try:
+        main(["--model", str(model), "--data", str(data), "--feature-extractor", "none", "--lpips", "off",
+              "--out", str(tmp / "report.json"), *args])
+    finally:
+        assert not list(tmp.glob("report*")) and not list(tmp.glob(".report*"))  # nothing half-written
+
+
+def _evaluate_not_a_model(tmp: Path) -> None:
+    from vqzoo.checkpoint import export_model
+    from vqzoo.experiments.te.semantic import QuadrantClassifier
+
+    _evaluate(tmp, export_model(QuadrantClassifier(width=4), tmp / "clf"))
+
+
+def _evaluate_vocab_mismatch(tmp: Path) -> None:
+    from vqzoo.checkpoint import export_model
+
+    prior = export_model(MiniGPT(vocab_size=32, token_shape=[8, 8], n_layer=1, n_head=1, n_embd=8), tmp / "prior")
+    _evaluate(tmp, prior, "--tokenizer", str(_tok_export(tmp)))
 
 
 CASES = [
@@ -242,6 +278,12 @@ CASES = [
     ("disk full while saving a checkpoint", lambda t, m: _full_disk(t, m), CheckpointWriteError, r"could not write the checkpoint .*last\.ckpt: No space left on device"),
     ("export over an existing --out", lambda t, m: _export_over_existing(t), FileExistsError, "out already exists; pass --overwrite"),
     ("sample over an existing --out", lambda t, m: _sample_over_existing(t), FileExistsError, "out already exists; pass --overwrite"),
+    ("evaluate: a model that is neither tokenizer nor prior", lambda t, m: _evaluate_not_a_model(t), ValueError, r"QuadrantClassifier, expected a tokenizer .* or a prior"),
+    ("evaluate: data with other channels than the model", lambda t, m: _evaluate(t, _tok_export(t), channels=3), ValueError, r"yields images of shape \(3, 16, 16\) but the VQGAN expects \(1, H, W\)"),
+    ("evaluate: data of a size the model cannot take", lambda t, m: _evaluate(t, _tok_export(t), resolution=15), ValueError, r"shape \(1, 15, 15\) but the VQGAN expects \(1, H, W\) with H, W divisible by 2"),
+    ("evaluate: more images than the split", lambda t, m: _evaluate(t, _tok_export(t), "--num-images", "501"), ValueError, r"--num-images 501 is larger than the test split .* \(500 images\)"),
+    ("evaluate: prior and tokenizer vocabularies differ", lambda t, m: _evaluate_vocab_mismatch(t), ValueError, r"tokenizer has vocab_size=16 but MiniGPT was configured with vocab_size=32"),
+    ("evaluate: missing Inception weights", lambda t, m: (m.setenv("TORCH_HOME", str(t)), _evaluate(t, _tok_export(t), "--feature-extractor", "inception")), FileNotFoundError, r"weights-inception-2015-12-05-6726825d.pth into .*hub/checkpoints"),
 ]
 # Also covered elsewhere: kill -9 during saves, SIGTERM/SIGINT, `--ckpt_path last`, one-line CLI
 # errors, 16-bit images and the prior's non-finite stop (test_reliability.py); the missing-LPIPS stop at `fit`

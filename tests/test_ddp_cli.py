@@ -31,8 +31,9 @@ def _fit_ddp(tmp_path: Path, config: Path, *args: str) -> tuple[dict, dict]:
 
 def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path: Path) -> None:
     r0, r1 = _fit_ddp(tmp_path, CONFIG, "--model.init_args.quantizer.init_args.update", "ema",
-                      "--model.init_args.quantizer.init_args.regularizers", "[]")
+                      "--model.init_args.quantizer.init_args.regularizers", "[]", "--model.init_args.ema_decay", "0.9")
     assert r0["world"] == 2
+    assert int(r0["state"]["weight_ema.num_updates"]) >= 1  # the weight EMA's shadows are compared below too
     for key, value in r0["state"].items():
         # BatchNorm running statistics of the discriminator are per-rank by design (DDP
         # re-broadcasts buffers from rank 0 at each forward; they only matter in eval);

@@ -125,7 +125,8 @@ def _instantiate(cls: type, config: dict[str, Any], overrides: dict[str, Any]) -
     from vqzoo.optim import upgrade_legacy_config
 
     config = {k: v for k, v in config.items() if k not in ("_instantiator", "_class_path")}
-    if "optimizer" in inspect.signature(cls).parameters:
+    takes_optimizer = any("optimizer" in inspect.signature(k.__init__).parameters for k in cls.__mro__ if "__init__" in vars(k))
+    if takes_optimizer:
         # checkpoints and exports from before injected optimizers still load
         config = upgrade_legacy_config(config)
     config = {k: v for k, v in config.items() if k not in overrides}
@@ -297,8 +298,15 @@ def model_config(model: L.LightningModule) -> dict[str, Any]:
         raise CheckpointError(f"cannot export {type(model).__name__}: {err}") from err
 
 
-def export_model(model: L.LightningModule, out_dir: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``out_dir``, atomically (all or nothing)."""
+def export_model(
+    model: L.LightningModule, out_dir: str | os.PathLike, overwrite: bool = True, use_ema: bool = True
+) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir``, atomically (all or nothing).
+
+    A model with a weight EMA (``ema_decay``) is exported with the averaged
+    weights as its weights (``use_ema=False``: the raw ones) and
+    ``ema_decay: null``; ``config.json`` says which under ``"weights"``.
+    """
     from safetensors.torch import save_file
 
     from vqzoo.io import atomic_dir
@@ -308,6 +316,20 @@ def export_model(model: L.LightningModule, out_dir: str | os.PathLike, overwrite
         raise FileExistsError(f"{out} exists and is not a directory")
     meta = {"class_path": f"{type(model).__module__}.{type(model).__qualname__}", "config": model_config(model)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    ema = getattr(model, "weight_ema", None)
+    if ema is not None:
+        n = int(ema.num_updates)
+        if use_ema:
+            state = ema.export_state(state)
+        else:
+            state = {k: v for k, v in state.items() if not k.startswith("weight_ema.")}
+            if ema.swapped:
+                state.update({name: ema.shadow(name).detach().cpu().contiguous() for name in ema.names})
+        meta["config"] = {**meta["config"], "ema_decay": None}
+        meta["weights"] = (
+            f"EMA of the training weights (decay {ema.decay}, {n} updates)" if use_ema
+            else f"raw training weights (the EMA, decay {ema.decay}, was not exported)"
+        )
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_file(state, str(tmp / WEIGHTS_NAME))
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))

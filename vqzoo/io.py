@@ -167,6 +167,17 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         raise
 
 
+def sha256_file(path: str | os.PathLike, digest: Any = None) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (``digest``: a running ``hashlib`` object to feed instead)."""
+    import hashlib
+
+    h = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     import json

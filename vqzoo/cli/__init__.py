@@ -8,6 +8,8 @@ subclass mode (``model: {class_path: ..., init_args: ...}``). Extra commands:
 * ``vqzoo sample --prior CKPT_OR_DIR --n 64 --out DIR``: tokens and an image grid.
 * ``vqzoo convert taming|diffusers ... --out DIR``: a pretrained peer tokenizer as an
   export directory (:mod:`vqzoo.cli.convert`).
+* ``vqzoo evaluate --model CKPT_OR_DIR --data DATA.yaml --out report.json``: PSNR/SSIM/LPIPS/FID/IS and
+  codebook usage (tokenizers) or FID/IS and speed (priors), with the protocol written into the report.
 
 Defaults a user of the field expects: a rich progress bar, TensorBoard and
 CSV logs under ``runs/``, a ``last.ckpt`` checkpoint, and the config saved
@@ -181,12 +183,13 @@ class VQZooCLI(LightningCLI):
 
 
 def _extra_commands() -> dict[str, Any]:
-    from vqzoo.cli import convert, encode, export, sample
+    from vqzoo.cli import convert, encode, evaluate, export, sample
 
-    return {"export": export.main, "encode": encode.main, "sample": sample.main, "convert": convert.main}
+    return {"export": export.main, "encode": encode.main, "sample": sample.main, "convert": convert.main,
+            "evaluate": evaluate.main}
 
 
-EXTRA_COMMANDS = ("export", "encode", "sample", "convert")
+EXTRA_COMMANDS = ("export", "encode", "sample", "convert", "evaluate")
 
 
 #: errors that mean "bad input" (exit status 2, as argparse's); anything else exits 1.

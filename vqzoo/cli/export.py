@@ -16,6 +16,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload the export to this Hub repo (user/name)")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--weights", default="ema", choices=["ema", "raw"],
+                   help="for a model trained with ema_decay: export the EMA weights (default) or the raw ones")
     a = p.parse_args(argv)
     if Path(a.ckpt).is_dir() and a.out is None and a.push_to_hub:
         out = Path(a.ckpt)  # an export directory (e.g. from `vqzoo convert`): pushed as it is
@@ -26,7 +28,7 @@ def main(argv: list[str]) -> int:
         if Path(a.out).exists() and not a.overwrite:
             raise FileExistsError(f"{a.out} already exists; pass --overwrite to replace it")
         model = load(a.ckpt)
-        out = export_model(model, a.out, overwrite=a.overwrite)
+        out = export_model(model, a.out, overwrite=a.overwrite, use_ema=a.weights == "ema")
         print(f"exported {type(model).__name__} to {out}")
     if a.push_to_hub:
         url = hub.push_to_hub(out, a.push_to_hub, private=a.private or None)

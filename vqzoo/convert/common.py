@@ -29,7 +29,6 @@ is as safe as ``weights_only`` while still reaching ``state_dict``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -43,13 +42,12 @@ from typing import Any
 import torch
 
 from vqzoo.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, build_model, load
-from vqzoo.io import atomic_dir
+from vqzoo.io import atomic_dir, sha256_file
 
 __all__ = [
     "ConversionError",
     "KeyTable",
     "UnsupportedError",
-    "file_sha256",
     "map_state",
     "read_torch_checkpoint",
     "write_export",
@@ -150,14 +148,6 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise ConversionError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------- key tables

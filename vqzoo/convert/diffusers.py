@@ -60,12 +60,12 @@ from vqzoo.convert.common import (
     UnsupportedError,
     build,
     check_request,
-    file_sha256,
     map_state,
     read_safetensors,
     read_torch_checkpoint,
     write_export,
 )
+from vqzoo.io import sha256_file
 
 __all__ = ["convert_diffusers", "diffusers_to_vqzoo_config", "read_diffusers_model"]
 
@@ -314,7 +314,7 @@ def convert_diffusers(
         "model": os.fspath(model),
         "subfolder": subfolder,
         "weights": str(weights.name),
-        "weights_sha256": file_sha256(weights),
+        "weights_sha256": sha256_file(weights),
         "original_config": cfg,
         "kept": [f"{len(table.entries)} tensors"],
         "dropped": [],

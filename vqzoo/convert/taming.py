@@ -59,11 +59,11 @@ from vqzoo.convert.common import (
     UnsupportedError,
     build,
     check_request,
-    file_sha256,
     map_state,
     read_torch_checkpoint,
     write_export,
 )
+from vqzoo.io import sha256_file
 
 __all__ = ["convert_taming", "taming_to_vqzoo_config", "read_taming_config"]
 
@@ -367,7 +367,7 @@ def convert_taming(
         "format": "taming-transformers VQModel",
         "target": cfg.get("target"),
         "checkpoint": str(ckpt),
-        "checkpoint_sha256": file_sha256(ckpt),
+        "checkpoint_sha256": sha256_file(ckpt),
         "config": str(config),
         "global_step": global_step,
         "original_params": {k: v for k, v in (cfg.get("params") or {}).items() if k != "ckpt_path"},

@@ -14,7 +14,7 @@ from vqzoo.quantize.codebook import Codebook
 
 
 class CodebookUsage(Metric):
-    """Usage (fraction of codes chosen at least once) and perplexity.
+    """Usage (fraction of codes chosen at least once), perplexity and entropy (bits).
 
     ``update`` takes the (G, K) counts from :meth:`VectorQuantizer.histogram`.
     Perplexity is exp(entropy) of each group's code distribution, averaged over
@@ -36,8 +36,13 @@ class CodebookUsage(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         used = (self.counts > 0).sum()
+        counts = self.counts.double()
+        p = counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
+        entropy_bits = -(p * torch.log2(p.clamp_min(1e-30))).sum(-1).mean().float()
         return {
             "usage": used.float() / self.counts.numel(),
             "codes_used": used,
             "perplexity": Codebook.perplexity(self.counts),
+            # mean over groups of the code distribution's entropy, in bits (log2 K at uniform use)
+            "entropy": entropy_bits,
         }

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from vqzoo.data.batch import as_batch
 from vqzoo.nn.nonfinite import NonFiniteGuard
+from vqzoo.nn.ema import EMAWeightsMixin
 from vqzoo.nn.transformer import Transformer, resolve_transformer_size
 from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learning_rates, spec
 
@@ -161,7 +162,7 @@ def classifier_free_guidance(logits: Tensor, n: int, scale: float | None) -> Ten
 # ---------------------------------------------------------------------------
 
 
-class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
+class Prior(NonFiniteGuard, EMAWeightsMixin, L.LightningModule, metaclass=abc.ABCMeta):
     """Base class of the token priors.
 
     Args:
@@ -194,6 +195,10 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         max_nonfinite_steps: a non-finite loss skips the step (no update); this
             many in a row stop training, naming the last good checkpoint
             (:mod:`vqzoo.nn.nonfinite`, shared with the tokenizers).
+        ema_decay: keep an EMA of the weights (``vqzoo.nn.ema``; 0.999 typical,
+            None = off), updated after each optimizer step; validation, test,
+            predict, export and ``vqzoo evaluate`` use it.
+        ema_eval: evaluate with the EMA weights (False: the raw weights).
 
     Subclasses set ``self.vocab_size``, ``self.token_shape`` and (class-conditional
     ones) ``self.num_classes``, and implement
@@ -224,8 +229,11 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         resid_pdrop: float = 0.1,
         attn_pdrop: float = 0.1,
         max_nonfinite_steps: int = 10,
+        ema_decay: float | None = None,
+        ema_eval: bool = True,
     ) -> None:
         super().__init__()
+        self._init_weight_ema(ema_decay, ema_eval)
         self.n_layer, self.n_head, self.n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
         for name, p in (("embd_pdrop", embd_pdrop), ("resid_pdrop", resid_pdrop), ("attn_pdrop", attn_pdrop)):
             if not 0.0 <= p < 1.0:
@@ -403,6 +411,7 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
     # -- Lightning hooks ---------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        self._attach_weight_ema()
         # Fail before the first step if the tokenizer or token data do not fit.
         if self.tokenizer_path is not None:
             _ = self.frozen_tokenizer
@@ -421,6 +430,7 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         from vqzoo.checkpoint import checkpoint_meta
 
         checkpoint["vqzoo"] = checkpoint_meta(self)
+        self.ema_checkpoint_fix(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from vqzoo.checkpoint import restore_rng
@@ -484,6 +494,10 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         call this right after ``save_hyperparameters``.
         """
         self.remove_ignored_hparams([k for k in OPTIMIZER_ARGS if callable(self.hparams.get(k))])
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The weight EMA follows every real optimizer step (not every batch under accumulation).
+        super().optimizer_step(*args, **kwargs)
+        self._update_weight_ema()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Two groups: ``nn.Linear`` weights (the optimizer's weight decay) and the rest (none)."""

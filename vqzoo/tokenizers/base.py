@@ -54,12 +54,13 @@ from vqzoo.data.batch import as_batch
 from vqzoo.io import make_grid, save_png
 from vqzoo.losses.adversarial import AdversarialLoss
 from vqzoo.metrics.codebook import CodebookUsage
+from vqzoo.nn.ema import EMAWeightsMixin
 from vqzoo.nn.nonfinite import NonFiniteGuard, NonFiniteLossError  # noqa: F401 - NonFiniteLossError re-exported
 from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learning_rates, spec
 from vqzoo.quantize import Quantizer, QuantizerOutput
 
 
-class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
+class Tokenizer(NonFiniteGuard, EMAWeightsMixin, L.LightningModule, abc.ABC):
     """Shared base of every image tokenizer.
 
     Args:
@@ -101,6 +102,16 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
             re-checked on later training steps because reading them would
             stall the GPU each step; a non-finite loss is caught by the guard.
         num_val_images: images shown in the validation grid.
+        ema_decay: keep an EMA of the generator's weights (``vqzoo.nn.ema``; 0.999
+            typical, None = off); validation, test, predict, export and
+            ``vqzoo evaluate`` then use the averaged weights.
+        ema_eval: evaluate with the EMA weights (False: the raw weights).
+        fid_every_n_epochs: also compute a Fréchet distance of reconstructions
+            in validation every this many epochs (None = never); needs
+            ``fid_feature_extractor``.
+        fid_feature_extractor: the feature extractor spec of
+            :func:`vqzoo.metrics.generation.build_feature_extractor`
+            (``"inception"`` or ``"classifier:PATH"``).
     """
 
     #: spatial reduction from image to token grid; subclasses set it.
@@ -130,6 +141,10 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         max_nonfinite_steps: int = 10,
         check_inputs: bool = True,
         num_val_images: int = 8,
+        ema_decay: float | None = None,
+        ema_eval: bool = True,
+        fid_every_n_epochs: int | None = None,
+        fid_feature_extractor: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(quantizer, Quantizer):
@@ -181,6 +196,8 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         self.init_nonfinite_guard(max_nonfinite_steps)
         self._perceptual: Any = None
         self.val_codebook = CodebookUsage(quantizer.num_codes, quantizer.num_codebooks)
+        self._init_weight_ema(ema_decay, ema_eval)
+        self._init_eval_metrics(fid_every_n_epochs, fid_feature_extractor)
 
     # ------------------------------------------------------------------ subclass interface
     @abc.abstractmethod
@@ -195,6 +212,35 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
     @abc.abstractmethod
     def last_layer(self) -> Tensor:
         """The decoder's last weight, for the adaptive GAN weight."""
+
+    def _init_eval_metrics(self, fid_every_n_epochs: int | None, fid_feature_extractor: str | None) -> None:
+        if fid_every_n_epochs is not None and fid_every_n_epochs < 1:
+            raise ValueError(f"fid_every_n_epochs must be >= 1 or None, got {fid_every_n_epochs}")
+        if fid_every_n_epochs is not None and not fid_feature_extractor:
+            raise ValueError(
+                "fid_every_n_epochs needs fid_feature_extractor ('inception' or 'classifier:PATH'): "
+                "name the network whose features the Fréchet distance compares"
+            )
+        self.fid_every_n_epochs = fid_every_n_epochs
+        self.fid_feature_extractor = fid_feature_extractor
+        # Built at setup (fail at start-up when weights are missing); not a submodule, so the
+        # feature network never enters checkpoints (see vqzoo.metrics.generation).
+        object.__setattr__(self, "_fid_metrics", None)
+
+    def _build_fid_metrics(self) -> None:
+        if self.fid_feature_extractor and self._fid_metrics is None:
+            from vqzoo.metrics.generation import GenerativeMetrics, build_feature_extractor
+
+            extractor = build_feature_extractor(self.fid_feature_extractor)  # missing weights: stops here
+            object.__setattr__(self, "_fid_metrics", GenerativeMetrics(extractor))
+
+    def _fid_active(self, stage: str) -> bool:
+        if self._fid_metrics is None or self._trainer is None or self.trainer.sanity_checking:
+            return False
+        if stage == "test":
+            return True
+        n = self.fid_every_n_epochs
+        return n is not None and (self.current_epoch + 1) % n == 0
 
     def latent_transform(self, quantized: Tensor) -> Tensor:
         """Applied between quantizer and decoder in training only (identity by default)."""
@@ -293,7 +339,13 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         return total, logs
 
     # ------------------------------------------------------------------ Lightning hooks
+    #: the discriminator is trained against the generator, never averaged.
+    ema_exclude = ("adversarial.",)
+
     def setup(self, stage: str) -> None:
+        self._attach_weight_ema()
+        if stage in ("fit", "validate", "test"):
+            self._build_fid_metrics()
         if stage == "fit" and self.perceptual_weight > 0 and self._perceptual is None:
             # Fail at start-up, never silently train without the loss asked for.
             self._perceptual = _build_lpips()
@@ -377,6 +429,7 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         opt_g.step()
         schedulers[0].step()
         moved = self.quantizer.after_step()
+        self._update_weight_ema()  # after resets, so a moved code enters the average as it is
         self._generator_step += 1
 
         if self.adversarial is not None and self.adversarial.is_active(step):
@@ -422,6 +475,10 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         logs["ssim"] = _ssim(r01, x01)
         self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, sync_dist=True, batch_size=x.shape[0])
         self.val_codebook.update(self.quantizer.histogram(q.indices))
+        if self._fid_active(stage):
+            fid = self._fid_metrics.to(x.device)
+            fid.update_real(x)
+            fid.update_fake(x_rec.detach().clamp(-1, 1))
         if batch_idx == 0:
             self._save_grid(x, x_rec, stage)
 
@@ -430,7 +487,17 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         self.log(f"{stage}/codebook_usage", res["usage"], sync_dist=False)
         self.log(f"{stage}/codes_used", res["codes_used"].float(), sync_dist=False)
         self.log(f"{stage}/perplexity", res["perplexity"], sync_dist=False)
+        self.log(f"{stage}/codebook_entropy", res["entropy"], sync_dist=False)
         self.val_codebook.reset()
+        if self._fid_active(stage) and int(self._fid_metrics.fid.fake_features_num_samples) > 1:
+            # gathered across ranks by torchmetrics; "rfid" only on Inception features, else "cfid"/"fd"
+            out = self._fid_metrics.compute()
+            ext = self._fid_metrics.extractor
+            name = "rfid" if ext.fid_name == "FID" else ("cfid" if ext.fid_name.startswith("cFID") else "fd")
+            self.log(f"{stage}/{name}", torch.tensor(out["fd"]), sync_dist=False)
+            if "is_mean" in out:
+                self.log(f"{stage}/is", torch.tensor(out["is_mean"]), sync_dist=False)
+            self._fid_metrics.reset()
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "test")
@@ -465,6 +532,7 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         from vqzoo.checkpoint import checkpoint_meta
 
         checkpoint["vqzoo"] = checkpoint_meta(self)
+        self.ema_checkpoint_fix(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from vqzoo.checkpoint import restore_rng
