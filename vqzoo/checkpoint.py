@@ -57,6 +57,26 @@ def restore_rng(checkpoint: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+class CheckpointHooks:
+    """Lightning checkpoint hooks every vqzoo model shares (mixed into the tokenizer and prior bases).
+
+    Saving adds :func:`checkpoint_meta` (the class path, the RNG states) and
+    lets a weight EMA keep the raw weights as the checkpoint's parameters;
+    loading restores the RNG only when a trainer resumes the run, so loading a
+    checkpoint for inference leaves the caller's RNG alone.
+    """
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vqzoo"] = checkpoint_meta(self)  # type: ignore[arg-type]
+        fix = getattr(self, "ema_checkpoint_fix", None)
+        if fix is not None:
+            fix(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if getattr(self, "_trainer", None) is not None:
+            restore_rng(checkpoint)
+
+
 def _trusted_prefixes() -> tuple[str, ...]:
     extra = [p.strip() for p in os.environ.get("VQZOO_TRUSTED_MODULES", "").split(",") if p.strip()]
     return ("vqzoo.", *extra)

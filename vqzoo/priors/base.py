@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from vqzoo.checkpoint import CheckpointHooks
 from vqzoo.data.batch import as_batch
 from vqzoo.nn.nonfinite import NonFiniteGuard
 from vqzoo.nn.ema import EMAWeightsMixin
@@ -162,7 +163,7 @@ def classifier_free_guidance(logits: Tensor, n: int, scale: float | None) -> Ten
 # ---------------------------------------------------------------------------
 
 
-class Prior(NonFiniteGuard, EMAWeightsMixin, L.LightningModule, metaclass=abc.ABCMeta):
+class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule, metaclass=abc.ABCMeta):
     """Base class of the token priors.
 
     Args:
@@ -425,19 +426,6 @@ class Prior(NonFiniteGuard, EMAWeightsMixin, L.LightningModule, metaclass=abc.AB
                     "provides pre-encoded tokens; drop `tokenizer` or use an image datamodule"
                 )
             self.check_token_spec(int(meta["vocab_size"]), tuple(meta["token_shape"]), "token data")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from vqzoo.checkpoint import checkpoint_meta
-
-        checkpoint["vqzoo"] = checkpoint_meta(self)
-        self.ema_checkpoint_fix(checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from vqzoo.checkpoint import restore_rng
-
-        # Only a resumed run gets its RNG back; loading for inference leaves the caller's alone.
-        if self._trainer is not None:
-            restore_rng(checkpoint)
 
     def prepare_batch(self, batch: Any) -> PriorBatch:
         """Normalise a dataloader batch into a :class:`PriorBatch` (tokenizing images if needed)."""

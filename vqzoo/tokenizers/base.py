@@ -50,6 +50,7 @@ from torch import Tensor
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from vqzoo.config import to_config
+from vqzoo.checkpoint import CheckpointHooks
 from vqzoo.data.batch import as_batch
 from vqzoo.io import make_grid, save_png
 from vqzoo.losses.adversarial import AdversarialLoss
@@ -60,7 +61,7 @@ from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learn
 from vqzoo.quantize import Quantizer, QuantizerOutput
 
 
-class Tokenizer(NonFiniteGuard, EMAWeightsMixin, L.LightningModule, abc.ABC):
+class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule, abc.ABC):
     """Shared base of every image tokenizer.
 
     Args:
@@ -526,20 +527,6 @@ class Tokenizer(NonFiniteGuard, EMAWeightsMixin, L.LightningModule, abc.ABC):
         if log_dir:
             name = f"step_{self.generator_step:07d}.png" if stage == "val" else f"{stage}_step_{self.generator_step:07d}.png"
             save_png(grid, Path(log_dir) / "reconstructions" / name)
-
-    # ------------------------------------------------------------------ checkpoints and export
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from vqzoo.checkpoint import checkpoint_meta
-
-        checkpoint["vqzoo"] = checkpoint_meta(self)
-        self.ema_checkpoint_fix(checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from vqzoo.checkpoint import restore_rng
-
-        # Only a resumed run gets its RNG back; loading for inference leaves the caller's alone.
-        if self._trainer is not None:
-            restore_rng(checkpoint)
 
 
 # ---------------------------------------------------------------------- helpers
