@@ -6,18 +6,18 @@ Protocol (the issue asks for the comparison; the steps are this machine's budget
   small VQGAN, identical in everything but the quantizer, at about 10 bits per
   latent position (8x8 positions, 32x32 one-channel images).
 * Training: each config as written except the length: ``--steps`` generator
-  steps (default 1,000 = 2 epochs of 500 batches of 16) — the configs' own
-  3,000 steps do not fit 12 runs into one session on 2 shared CPU cores. The
-  discriminator starts at generator step 2,000 in these configs, so at 1,000
-  steps every model trains as a VQ-VAE (pixel loss + quantizer loss).
+  steps (default 400 batches of 16) — the configs' own 3,000 steps do not fit
+  12 runs into one session on 2 shared CPU cores. The discriminator starts at
+  generator step 2,000 in these configs, so at 400 steps every model trains as
+  a VQ-VAE (pixel loss + quantizer loss).
 * Seeds 0, 1, 2 (``--seed_everything``); one torch thread per run.
-* Evaluation: ``vqzoo evaluate`` of each run's final checkpoint on the
-  Fashion-MNIST test split (PSNR, SSIM, codebook usage, perplexity; FID
-  needs Inception weights, which cannot be downloaded here).
+* Evaluation: ``vqzoo evaluate`` of each run's final checkpoint on the first
+  2,000 images of the Fashion-MNIST test split (PSNR, SSIM, codebook usage,
+  perplexity; FID needs Inception weights, which cannot be downloaded here).
 
 Usage::
 
-    python benchmarks/quantizer_family_quality.py --train      # 12 fits, ~5 min each on a busy 2-core machine
+    python benchmarks/quantizer_family_quality.py --train      # 12 fits, ~5 min each (400 steps) on a busy 2-core machine
     python benchmarks/quantizer_family_quality.py --evaluate   # vqzoo evaluate + the table
 
 Writes ``benchmarks/results/quantizer_family_quality.{json,md}``.
@@ -72,7 +72,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", action="store_true")
     p.add_argument("--evaluate", action="store_true")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--runs", default=str(ROOT / "runs" / "quantizer_family"))
     a = p.parse_args()
     runs = Path(a.runs)
@@ -92,7 +92,7 @@ def evaluate(runs: Path, steps: int) -> None:
                 subprocess.run(
                     [sys.executable, "-m", "vqzoo.cli", "evaluate", "--model", str(out / "last.ckpt"),
                      "--data", str(ROOT / "configs" / "tokenizers" / f"vqgan_fashion_cpu_{q}.yaml"),
-                     "--split", "test", "--out", str(report)],
+                     "--split", "test", "--num-images", "2000", "--feature-extractor", "none", "--out", str(report)],
                     check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                 )
             rows.setdefault(q, []).append(json.loads(report.read_text()))
@@ -116,7 +116,7 @@ def write_table(rows: dict[str, list[dict]], steps: int) -> None:
     protocol = {
         "configs": {q: f"configs/tokenizers/vqgan_fashion_cpu_{q}.yaml" for q in QUANTIZERS},
         "generator_steps": steps, "seeds": list(SEEDS), "threads": 1,
-        "evaluation": "vqzoo evaluate, Fashion-MNIST test split (see each report's protocol)",
+        "evaluation": "vqzoo evaluate, first 2,000 Fashion-MNIST test images (see each report's protocol)",
     }
     (RESULTS / "quantizer_family_quality.json").write_text(
         json.dumps({"protocol": protocol, "summary": summary, "reports": rows}, indent=2) + "\n"
