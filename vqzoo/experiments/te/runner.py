@@ -584,6 +584,11 @@ class Options:
     reuse: bool = False
     threads: int | None = None
     render: Path | None = None
+    #: extra CLI overrides for every stage-1 / stage-2 fit (e.g. precision, batch size of a preset)
+    stage1_overrides: tuple[str, ...] = ()
+    stage2_overrides: tuple[str, ...] = ()
+    #: the benchmarks/reproduce_te.py preset these options came from, if any
+    preset: str | None = None
 
 
 class Reproduction:
@@ -741,6 +746,7 @@ class Reproduction:
             disc_start = _get(cfg, "model.init_args.adversarial.init_args.disc_start")
             if disc_start is not None:
                 overrides += ["--model.init_args.adversarial.init_args.disc_start", str(scaled(disc_start, f, 0))]
+        overrides += list(self.opts.stage1_overrides)
         signature = {"config": config, "overrides": overrides, "seed": seed}
         if self.reusable(out_dir, signature):
             model = load(out_dir / "model.ckpt", expected=Tokenizer)
@@ -830,6 +836,7 @@ class Reproduction:
             factor *= self.spec.reduced_fraction
         if warmup and factor != 1.0:
             overrides += ["--model.init_args.warmup_steps", str(scaled(warmup, factor, 0))]
+        overrides += list(self.opts.stage2_overrides)
         pairs = self.results["runs"][run]["table2" if reduced else "stage2"].get(key, {}).get("train_pairs")
         stage1 = self.results["runs"][run]["stage1"].get(key, {})
         signature = {"config": config, "overrides": overrides, "seed": seed, "train_pairs": pairs}
