@@ -52,6 +52,7 @@ import json
 import math
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -295,6 +296,8 @@ def markdown(result: dict[str, Any]) -> str:
     rows += ["", ("QG-VAE's PSNR is above the VQ-VAE's from step "
                   f"{over} on (at every later evaluation)." if over is not None else
                   "QG-VAE's PSNR does not overtake the VQ-VAE's at any evaluated step."), ""]
+    if result.get("notes"):
+        rows += ["## Reading", "", *result["notes"], ""]
     rows += [
         "Codebook usage is over all codebooks: the QG-VAE has one codebook of K codes per token "
         "(64 x 128 pairs), the VQ-VAE one shared codebook (128 codes). Both models are far from "
@@ -365,6 +368,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def render(json_path: Path) -> None:
+    """Rewrite the markdown and the plot of an existing results JSON (e.g. after adding ``notes``)."""
+    result = json.loads(Path(json_path).read_text())
+    Path(json_path).with_suffix(".md").write_text(markdown(result))
+    plot(result, Path(json_path).with_suffix(".png"))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -421,6 +431,9 @@ def build_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--render":
+        render(Path(sys.argv[2]))
+        return
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
 
