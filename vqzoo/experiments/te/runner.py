@@ -250,7 +250,9 @@ def top_k_for(total_vocab: int, generated_vocab: int, filter_thres: float = FILT
     modality that cannot come next to the most negative value, for both directions (k = 25
     of 256 in its setting). Masked logits never survive the softmax, so this keeps the top
     ``min(k, generated_vocab)`` logits of the generated modality, which is what is returned.
-    It is not 10 % of the generated modality's vocabulary.
+    It is not 10 % of the generated modality's vocabulary. The reference's text vocabulary also
+    holds 50 per-position pad ids (docs/reference-implementations.md §A); vqzoo's has none, so
+    here V = text vocabulary (53) + image codebook (128) and k = 18.
     """
     if total_vocab < 1 or not 1 <= generated_vocab <= total_vocab:
         raise ValueError(f"need 1 <= generated_vocab <= total_vocab, got {generated_vocab}, {total_vocab}")
