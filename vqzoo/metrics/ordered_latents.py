@@ -45,7 +45,7 @@ def prefix_psnr(
     Returns:
         ``{k: mean PSNR}`` in the order of ``ks``.
     """
-    from vqzoo.tokenizers.base import Tokenizer
+    from vqzoo.data.batch import as_batch
 
     C = int(model.num_tokens)
     ks = list(range(1, C + 1)) if ks is None else [int(k) for k in ks]
@@ -58,7 +58,9 @@ def prefix_psnr(
     seen = 0
     try:
         for batch in batches:
-            x = Tokenizer.images_of(batch)
+            x = as_batch(batch).get("images")
+            if x is None:
+                raise ValueError("prefix_psnr needs image batches; this batch has no 'images'")
             if max_images is not None:
                 x = x[: max_images - seen]
             if x.shape[0] == 0:
