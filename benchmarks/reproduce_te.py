@@ -8,6 +8,11 @@ Usage::
 
     PYTHONPATH=. python benchmarks/reproduce_te.py --scale small --threads 1
     PYTHONPATH=. python benchmarks/reproduce_te.py --scale paper --all-baselines --runs 3
+    PYTHONPATH=. python benchmarks/reproduce_te.py --preset gpu10    # one 10-minute GPU run
+    PYTHONPATH=. python benchmarks/reproduce_te.py --preset paper    # the paper's scale, 3 seeds
+
+Presets set defaults that explicit flags still override (see :data:`PRESETS`). Neither has
+been run yet; the gpu10 sizes are an estimate for one 80 GB GPU.
 
 Writes ``benchmarks/results/te_reproduction_{scale}.md`` and ``.json``.
 """
@@ -23,8 +28,27 @@ from vqzoo.experiments.te import runner
 from vqzoo.experiments.te.runner import SCALES, Options, Reproduction, rerender
 
 
+_GPU10_OVERRIDES = ("--trainer.precision", "bf16-mixed", "--data.init_args.batch_size", "128",
+                    "--data.init_args.num_workers", "8")
+
+#: Named option sets. ``gpu10``: the small-scale configs (64x64 canvases, 8x8 tokens) on one GPU
+#: with bf16 autocast and batch 128 (4x), twice the stage-1 images and 4x the stage-2 pairs (the
+#: CPU runs' priors had not learned the seen pairs), one seed, SC and TE only, no table 2.
+#: ``paper``: the paper-scale configs, all baselines, tables 1-3, 3 seeds, on a GPU.
+PRESETS: dict[str, dict] = {
+    "gpu10": dict(scale="small", accelerator="gpu", work_dir=runner.ROOT / "runs" / "te_reproduction_gpu10",
+                  out=runner.RESULTS_DIR / "te_reproduction_gpu10", budget_scale=2.0, stage2_scale=4.0, runs=1, table2=False,
+                  all_baselines=False, threads=8, stage1_overrides=_GPU10_OVERRIDES,
+                  stage2_overrides=_GPU10_OVERRIDES),
+    "paper": dict(scale="paper", accelerator="gpu", out=runner.RESULTS_DIR / "te_reproduction_paper_3seeds", runs=3, all_baselines=True, table2=True, threads=8),
+}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Options:
-    p = argparse.ArgumentParser(description=runner.__doc__.split("\n\n")[0],
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    preset = pre.parse_known_args(argv)[0].preset
+    p = argparse.ArgumentParser(description=runner.__doc__.split("\n\n")[0], parents=[pre],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     p.add_argument("--all-baselines", action="store_true", help="also CB, MP and MB (table 1)")
@@ -44,8 +68,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--render", type=Path, default=None,
                    help="only re-render the markdown of an existing results JSON (written beside it)")
-    a = p.parse_args(argv)
-    return Options(**vars(a))
+    if preset is not None:
+        p.set_defaults(**PRESETS[preset])
+    a = vars(p.parse_args(argv))
+    a.setdefault("stage1_overrides", ())
+    a.setdefault("stage2_overrides", ())
+    a["stage1_overrides"], a["stage2_overrides"] = tuple(a["stage1_overrides"]), tuple(a["stage2_overrides"])
+    return Options(**a)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

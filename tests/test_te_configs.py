@@ -176,7 +176,13 @@ def test_summarize_fmt_and_top_k(rt):
     assert rt.summarize([0.25]) == {"mean": 0.25, "std": None, "n": 1}
     assert rt.summarize([None])["mean"] is None
     assert rt.fmt(s) == "0.600 (0.141)" and rt.fmt(rt.summarize([])) == "n/a"
-    assert (rt.top_k_for(128), rt.top_k_for(53), rt.top_k_for(5)) == (12, 5, 1)
+    # the reference's rule: 10 % of the joint text + image vocabulary, capped by the generated modality
+    assert rt.top_k_for(53 + 128, 128) == rt.top_k_for(53 + 128, 53) == 18
+    assert rt.top_k_for(256, 200) == 25  # the reference's setting: 25 of 256
+    assert rt.top_k_for(30, 20) == 2  # int((1 - 0.9) * 30) = int(2.9999...) = 2, as in the reference
+    assert rt.top_k_for(5, 5) == 1 and rt.top_k_for(63, 3) == 3
+    with pytest.raises(ValueError):
+        rt.top_k_for(10, 11)
     assert rt.scaled(1000, 0.5) == 500 and rt.scaled(500, 0.001, 0) == 0 and rt.scaled(3, 0.01) == 1
 
 
@@ -258,13 +264,13 @@ class LookupPrior(nn.Module):
         self.calls: list[int] = []
 
     def generate(self, n, condition, temperature, top_k, generator):  # noqa: ANN001
-        assert top_k == 1 and temperature == 1.0 and condition.shape == (n, MAX_CAPTION_LENGTH)
+        assert top_k == 6 and temperature == 1.0 and condition.shape == (n, MAX_CAPTION_LENGTH)
         self.calls.append(n)
         match = (condition[:, None] == self.text[None]).all(-1).float().argmax(1)
         return match.view(n, 1, 1)
 
     def generate_text(self, tokens, temperature, top_k, generator):  # noqa: ANN001
-        assert top_k == 5
+        assert top_k == 6
         return self.text[tokens.flatten()]
 
 
@@ -294,11 +300,12 @@ def test_evaluate_prior_scores_a_perfect_generator(rt):
     items = rt.collect_test_items(dm, batch_size=5)
     assert items["images"].shape == (12, 3, 16, 16) and len(items["captions"]) == 12
     prior, tok = LookupPrior(items["text"]), LookupTokenizer(items["images"])
-    prior.vocab_size = 10  # top_k_for(10) == 1: the lookup ignores it, the call must pass it
+    prior.vocab_size = 10  # the lookup ignores top_k; the call must pass the joint-vocabulary k
     res = rt.evaluate_prior(prior, tok, ColorOnlyClassifier(), items, seed=0, device=torch.device("cpu"),
                             batch_size=5)
     assert prior.calls == [5, 5, 2]  # generated in chunks of the eval batch
-    assert res["num_test"] == 12 and res["t2i_top_k"] == 1 and res["i2t_top_k"] == 5
+    k = max(int((1 - 0.9) * (10 + VOCAB_SIZE)), 1)  # 6
+    assert res["num_test"] == 12 and res["t2i_top_k"] == min(k, 10) == 6 and res["i2t_top_k"] == 6
     assert res["i2t"]["all/digit"] == 1.0 and res["i2t"]["all/exact"] == 1.0
     assert res["t2i"]["all/color"] == 1.0
     labels = [int(t[p, 1]) for t in items["layout"] for p in range(4) if int(t[p, 0]) >= 0]

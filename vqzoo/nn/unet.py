@@ -49,6 +49,7 @@ simply do not recurse.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ __all__ = [
     "ConditionedResBlock",
     "QGUNet",
     "QGDiscriminator",
+    "REFERENCE_LAYOUT",
 ]
 
 
@@ -115,28 +117,50 @@ def _resize(x: Tensor, size: int) -> Tensor:
 class ConditionedResBlock(nn.Module):
     """Imagen-style residual block with an additive 1x1 conditioning input.
 
-    ``out = conv(SiLU(GN(conv(SiLU(GN(h)))))) + skip(h)`` with
+    ``out = conv2(SiLU(GN(conv1(SiLU(GN(h)))))) + skip(s)`` with
     ``h = x + cond_proj(cond)``; ``skip`` is a bias-free 1x1 convolution (kept
-    even when widths match, as in the reference).
+    even when widths match, as in the reference). ``conv1`` maps to
+    ``hidden_channels`` (default ``out_channels``), ``conv2`` to ``out_channels``.
+
+    ``skip_from`` says what the skip sees: ``"conditioned"`` (``s = h``, vqzoo's
+    original layout) or ``"input"`` (``s = x``, the skip taken before the
+    conditioning is added, as in the authors' notebooks; see
+    docs/reference-implementations.md §B).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, cond_channels: int = 0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cond_channels: int = 0,
+        hidden_channels: int | None = None,
+        skip_from: Literal["conditioned", "input"] = "conditioned",
+    ) -> None:
         super().__init__()
+        if skip_from not in ("conditioned", "input"):
+            raise ValueError(f"skip_from must be 'conditioned' or 'input', got {skip_from!r}")
+        hidden = out_channels if hidden_channels is None else hidden_channels
+        if hidden < 1:
+            raise ValueError(f"hidden_channels must be >= 1, got {hidden}")
+        self.skip_from = skip_from
         self.cond_proj = nn.Conv2d(cond_channels, in_channels, 1) if cond_channels > 0 else None
         self.norm1 = nn.GroupNorm(group_count(in_channels, 16), in_channels, eps=1e-5)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(group_count(out_channels, 16), out_channels, eps=1e-5)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.norm2 = nn.GroupNorm(group_count(hidden, 16), hidden, eps=1e-5)
+        self.conv2 = nn.Conv2d(hidden, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        skip_input = x
         if self.cond_proj is not None:
             if cond is None:
                 raise ValueError("this block was built with conditioning channels but got cond=None")
             x = x + self.cond_proj(cond)
+        if self.skip_from == "conditioned":
+            skip_input = x
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
-        return h + self.skip(x)
+        return h + self.skip(skip_input)
 
 
 class QGUNet(nn.Module):
@@ -159,6 +183,28 @@ class QGUNet(nn.Module):
         num_frequencies: frequencies of the grid encoding (16 in the reference).
         bottom_resolution: the hourglass recurses while the width is larger
             than this (8 in the reference).
+        level_convs: add a 3x3 convolution entering every down level and
+            leaving every up level (the reference's per-level ``in_conv`` /
+            ``out_conv``; the stem is level 0's entry conv). False keeps
+            vqzoo's original layout (one stem, no per-level convs).
+        last_stage: width of the last up level. ``"capped"`` (original):
+            the level width, at most ``max_channels``, then the projection to
+            ``out_channels``. ``"out_channels"`` (reference): the last level's
+            blocks already output ``out_channels`` (e.g. C = num_tokens in the
+            encoder), with hidden width ``max(level width, out_channels)``.
+        global_residual: where the bias-free 3x3 ``mega_residual`` of the
+            input joins. ``"after_projection"`` (original):
+            ``out_projection(SiLU(GN(h))) + mega_residual(x)``.
+            ``"before_projection"`` (reference):
+            ``out_projection(h + mega_residual(x))``, no norm before the
+            projection.
+        skip_from: what every residual block's 1x1 skip sees: ``"conditioned"``
+            (original: the block input after the conditioning is added) or
+            ``"input"`` (reference: before it is added).
+
+    The defaults are vqzoo's original layout, so that every existing config and
+    checkpoint (whose saved hyperparameters do not name these options) rebuilds
+    the same network. :data:`REFERENCE_LAYOUT` gives the reference's values.
     """
 
     def __init__(
@@ -172,8 +218,18 @@ class QGUNet(nn.Module):
         num_res_blocks: int = 1,
         num_frequencies: int = 16,
         bottom_resolution: int = 8,
+        level_convs: bool = False,
+        last_stage: Literal["capped", "out_channels"] = "capped",
+        global_residual: Literal["after_projection", "before_projection"] = "after_projection",
+        skip_from: Literal["conditioned", "input"] = "conditioned",
     ) -> None:
         super().__init__()
+        if last_stage not in ("capped", "out_channels"):
+            raise ValueError(f"last_stage must be 'capped' or 'out_channels', got {last_stage!r}")
+        if global_residual not in ("after_projection", "before_projection"):
+            raise ValueError(
+                f"global_residual must be 'after_projection' or 'before_projection', got {global_residual!r}"
+            )
         for name, value in {
             "in_channels": in_channels,
             "out_channels": out_channels,
@@ -206,27 +262,44 @@ class QGUNet(nn.Module):
             depth = int(math.log2(in_resolution)) - int(math.log2(r))
             return min(max_channels, start_channels * 2 ** max(depth + 1, 0))
 
+        self.level_convs = level_convs
+        self.last_stage = last_stage
+        self.global_residual = global_residual
+        self.skip_from = skip_from
         self.stem = nn.Conv2d(in_channels, start_channels, 3, padding=1)
         self.down_resolutions = down_res
         self.up_resolutions = up_res
         self.down = nn.ModuleList()
+        down_convs, up_convs = [], []
         ch = start_channels
-        for r in down_res:
+        for i, r in enumerate(down_res):
+            # level 0's entry conv is the stem
+            down_convs.append(nn.Identity() if i == 0 else nn.Conv2d(ch, ch, 3, padding=1))
             level = nn.ModuleList()
             for _ in range(num_res_blocks):
-                level.append(ConditionedResBlock(ch, width(r), cond_channels))
+                level.append(ConditionedResBlock(ch, width(r), cond_channels, skip_from=skip_from))
                 ch = width(r)
             self.down.append(level)
         self.up = nn.ModuleList()
-        for r in up_res:
+        for i, r in enumerate(up_res):
             level = nn.ModuleList()
-            for _ in range(num_res_blocks):
-                level.append(ConditionedResBlock(ch, width(r), cond_channels))
-                ch = width(r)
+            last = i == len(up_res) - 1 and last_stage == "out_channels"
+            hidden = max(width(r), out_channels) if last else width(r)
+            for j in range(num_res_blocks):
+                out = out_channels if last and j == num_res_blocks - 1 else hidden
+                level.append(ConditionedResBlock(ch, out, cond_channels, hidden_channels=hidden, skip_from=skip_from))
+                ch = out
             self.up.append(level)
-        self.out_norm = nn.GroupNorm(group_count(ch, 16), ch, eps=1e-5)
+            up_convs.append(nn.Conv2d(ch, ch, 3, padding=1))
+        if level_convs:
+            self.down_convs = nn.ModuleList(down_convs)
+            self.up_convs = nn.ModuleList(up_convs)
+        if global_residual == "after_projection":
+            self.out_norm = nn.GroupNorm(group_count(ch, 16), ch, eps=1e-5)
+            self.mega_residual = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        else:
+            self.mega_residual = nn.Conv2d(in_channels, ch, 3, padding=1, bias=False)
         self.out_projection = nn.Conv2d(ch, out_channels, 3, padding=1, bias=False)
-        self.mega_residual = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
 
     def conditioning(self, x: Tensor) -> Tensor:
         """The input concatenated with the grid encoding at the input's resolution."""
@@ -247,6 +320,8 @@ class QGUNet(nn.Module):
         for i, (r, level) in enumerate(zip(self.down_resolutions, self.down)):
             if i > 0:
                 h = F.interpolate(h, scale_factor=0.5, mode="bilinear", align_corners=False)
+                if self.level_convs:
+                    h = self.down_convs[i](h)
             for block in level:
                 h = block(h, cond(r))
         for i, (r, level) in enumerate(zip(self.up_resolutions, self.up)):
@@ -254,8 +329,24 @@ class QGUNet(nn.Module):
                 h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
             for block in level:
                 h = block(h, cond(r))
+            if self.level_convs:
+                h = self.up_convs[i](h)
+        if self.global_residual == "before_projection":
+            # the reference convolves the input at its own resolution, then resizes
+            return self.out_projection(h + _resize(self.mega_residual(x), self.out_resolution))
         out = self.out_projection(F.silu(self.out_norm(h)))
         return out + self.mega_residual(_resize(x, self.out_resolution))
+
+
+#: The values of :class:`QGUNet`'s layout options that follow the authors' notebooks
+#: (docs/reference-implementations.md §B). Other differences remain; see
+#: docs/reference-implementations.md §B "vqzoo's U-Net against the reference".
+REFERENCE_LAYOUT: dict[str, object] = {
+    "level_convs": True,
+    "last_stage": "out_channels",
+    "global_residual": "before_projection",
+    "skip_from": "input",
+}
 
 
 class QGDiscriminator(nn.Module):

@@ -156,13 +156,14 @@ class QGEncoder(nn.Module):
         start_channels: int,
         num_frequencies: int,
         bottom_resolution: int,
+        unet_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.latent_resolution = resolution >> downscale_power
         self.unet = QGUNet(
             in_channels, num_tokens, resolution, self.latent_resolution,
             start_channels=start_channels, max_channels=max_channels, num_res_blocks=num_res_blocks,
-            num_frequencies=num_frequencies, bottom_resolution=bottom_resolution,
+            num_frequencies=num_frequencies, bottom_resolution=bottom_resolution, **(unet_options or {}),
         )
         self.residual = nn.Conv2d(in_channels, num_tokens, 1)
         self.heads = HeadwiseLinear(num_heads, num_tokens, self.latent_resolution**2, token_dim)
@@ -192,6 +193,7 @@ class QGDecoder(nn.Module):
         start_channels: int,
         num_frequencies: int,
         bottom_resolution: int,
+        unet_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.resolution = resolution
@@ -201,7 +203,7 @@ class QGDecoder(nn.Module):
         self.unet = QGUNet(
             num_tokens, out_channels, self.latent_resolution, resolution,
             start_channels=start_channels, max_channels=max_channels, num_res_blocks=num_res_blocks,
-            num_frequencies=num_frequencies, bottom_resolution=bottom_resolution,
+            num_frequencies=num_frequencies, bottom_resolution=bottom_resolution, **(unet_options or {}),
         )
         self.residual = nn.Conv2d(num_tokens, out_channels, 1)
 
@@ -243,6 +245,13 @@ class QGVAE(Tokenizer):
             base's ``reconstruction_loss`` (+ LPIPS). 0 = off. QGGAN: 5000.
         mse_warmup_weight: weight of that MSE (0.25 on [-1, 1] = the
             reference's MSE on [0, 1]).
+        unet_level_convs, unet_last_stage, unet_global_residual, unet_skip_from:
+            the layout options of both U-Nets (:class:`~vqzoo.nn.unet.QGUNet`'s
+            ``level_convs``, ``last_stage``, ``global_residual``,
+            ``skip_from``). The defaults are vqzoo's original layout, so older
+            configs and checkpoints rebuild unchanged; the reference's values
+            are ``True``, ``"out_channels"``, ``"before_projection"``,
+            ``"input"`` (:data:`vqzoo.nn.unet.REFERENCE_LAYOUT`).
         **kwargs: training options of :class:`~vqzoo.tokenizers.base.Tokenizer`
             (``in_channels``, ``resolution``, loss weights, ``adversarial``, optimizer).
     """
@@ -268,6 +277,10 @@ class QGVAE(Tokenizer):
         ordered_dropout_probability: float = 1.0 / 3.0,
         mse_warmup_steps: int = 0,
         mse_warmup_weight: float = 0.25,
+        unet_level_convs: bool = False,
+        unet_last_stage: Literal["capped", "out_channels"] = "capped",
+        unet_global_residual: Literal["after_projection", "before_projection"] = "after_projection",
+        unet_skip_from: Literal["conditioned", "input"] = "conditioned",
         **kwargs: Any,
     ) -> None:
         super().__init__(quantizer=quantizer, **kwargs)
@@ -318,6 +331,10 @@ class QGVAE(Tokenizer):
             resolution=resolution, num_tokens=num_tokens, token_dim=token_dim, downscale_power=downscale_power,
             num_heads=num_heads, num_res_blocks=num_res_blocks, max_channels=max_channels,
             num_frequencies=num_frequencies, bottom_resolution=bottom_resolution,
+            unet_options=dict(
+                level_convs=unet_level_convs, last_stage=unet_last_stage,
+                global_residual=unet_global_residual, skip_from=unet_skip_from,
+            ),
         )
         self.encoder = QGEncoder(in_channels=in_channels, start_channels=encoder_start_channels, **shared)
         self.decoder = QGDecoder(

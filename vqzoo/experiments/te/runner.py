@@ -48,8 +48,11 @@ Decisions where the brief and the paper are silent:
 
 * Test split: every test image holds only held-out (color, position) pairs
   (paper figure 2b); table 1 uses all of it, one sample per caption/image.
-* Sampling: top-k with k = max(int(0.1 V), 1) over the generated modality (the
-  reference's filter_thres 0.9), temperature 1, a torch.Generator seeded with
+* Sampling: the reference's rule (docs/reference-implementations.md §A): top-k with
+  ``filter_thres 0.9`` over the JOINT text + image logit vector, k = max(int((1 - 0.9)
+  V_total), 1), V_total = text vocabulary + image codebook, in both directions. The other
+  modality's logits are masked there, so this keeps the top min(k, V_generated) logits of
+  the generated modality (:func:`top_k_for`), temperature 1, a torch.Generator seeded with
   the stage-2 seed.
 * Table 3's code usage counts distinct indices over the whole test split
   (docs/pitfalls.md #10); L1 is mean |x - x_hat| on the [-1, 1] scale; the equivariance
@@ -236,9 +239,26 @@ def fmt_paper(pair: tuple[float, float] | None) -> str:
     return "n/a" if pair is None else f"{pair[0]:.3f} ({pair[1]:.3f})"
 
 
-def top_k_for(vocab: int) -> int:
-    """The reference's filter_thres 0.9: keep the top 10 % of the vocabulary (at least one)."""
-    return max(int(0.1 * vocab), 1)
+FILTER_THRES = 0.9
+
+
+def top_k_for(total_vocab: int, generated_vocab: int, filter_thres: float = FILTER_THRES) -> int:
+    """The reference's top-k rule for one sampling step of the joint text/image prior.
+
+    The reference computes ``k = max(int((1 - filter_thres) * V), 1)`` on the FULL logit
+    vector (V = ``total_vocab`` = text + image vocabulary) after masking the logits of the
+    modality that cannot come next to the most negative value, for both directions (k = 25
+    of 256 in its setting). Masked logits never survive the softmax, so this keeps the top
+    ``min(k, generated_vocab)`` logits of the generated modality, which is what is returned.
+    It is not 10 % of the generated modality's vocabulary. The reference's text vocabulary also
+    holds 50 per-position pad ids (docs/reference-implementations.md §A); vqzoo's has none, so
+    here V = text vocabulary (53) + image codebook (128) and k = 18.
+    """
+    if total_vocab < 1 or not 1 <= generated_vocab <= total_vocab:
+        raise ValueError(f"need 1 <= generated_vocab <= total_vocab, got {generated_vocab}, {total_vocab}")
+    if not 0.0 <= filter_thres < 1.0:
+        raise ValueError(f"filter_thres must be in [0, 1), got {filter_thres}")
+    return min(max(int((1 - filter_thres) * total_vocab), 1), generated_vocab)
 
 
 def scaled(value: int | float, factor: float, minimum: int = 1) -> int:
@@ -503,7 +523,7 @@ def evaluate_prior(
     gen = torch.Generator(device=device.type).manual_seed(seed)
     if "t2i" in directions:
         images = []
-        k = top_k_for(prior.vocab_size)
+        k = top_k_for(prior.vocab_size + prior.text_vocab_size, prior.vocab_size)
         for s in range(0, n, batch_size):
             text = items["text"][s : s + batch_size].to(device)
             tokens = prior.generate(text.shape[0], condition=text, temperature=1.0, top_k=k, generator=gen)
@@ -515,7 +535,7 @@ def evaluate_prior(
             save_grid(generated[:32], image_dir / "t2i_samples.png")
     if "i2t" in directions:
         ids = []
-        k = top_k_for(prior.text_vocab_size)
+        k = top_k_for(prior.vocab_size + prior.text_vocab_size, prior.text_vocab_size)
         for s in range(0, n, batch_size):
             tokens = tokenizer.tokenize(items["images"][s : s + batch_size].to(device))
             ids.append(prior.generate_text(tokens, temperature=1.0, top_k=k, generator=gen).cpu())
@@ -566,6 +586,11 @@ class Options:
     reuse: bool = False
     threads: int | None = None
     render: Path | None = None
+    #: extra CLI overrides for every stage-1 / stage-2 fit (e.g. precision, batch size of a preset)
+    stage1_overrides: tuple[str, ...] = ()
+    stage2_overrides: tuple[str, ...] = ()
+    #: the benchmarks/reproduce_te.py preset these options came from, if any
+    preset: str | None = None
 
 
 class Reproduction:
@@ -723,6 +748,7 @@ class Reproduction:
             disc_start = _get(cfg, "model.init_args.adversarial.init_args.disc_start")
             if disc_start is not None:
                 overrides += ["--model.init_args.adversarial.init_args.disc_start", str(scaled(disc_start, f, 0))]
+        overrides += list(self.opts.stage1_overrides)
         signature = {"config": config, "overrides": overrides, "seed": seed}
         if self.reusable(out_dir, signature):
             model = load(out_dir / "model.ckpt", expected=Tokenizer)
@@ -812,6 +838,7 @@ class Reproduction:
             factor *= self.spec.reduced_fraction
         if warmup and factor != 1.0:
             overrides += ["--model.init_args.warmup_steps", str(scaled(warmup, factor, 0))]
+        overrides += list(self.opts.stage2_overrides)
         pairs = self.results["runs"][run]["table2" if reduced else "stage2"].get(key, {}).get("train_pairs")
         stage1 = self.results["runs"][run]["stage1"].get(key, {})
         signature = {"config": config, "overrides": overrides, "seed": seed, "train_pairs": pairs}
