@@ -191,8 +191,13 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         n_layer, n_head, n_embd: transformer depth, heads and width.
         embd_pdrop, resid_pdrop, attn_pdrop: dropouts (minGPT and the MaskGIT
             reference: 0.1 each).
-        max_nonfinite_steps: a non-finite loss skips the step (no update); this
-            many in a row stop training, naming the last good checkpoint
+        compile: ``torch.compile`` the transformer trunk in place when
+            Lightning configures the model (``configure_model``); state-dict
+            keys are unchanged. Meant for training: sampling calls the same
+            compiled trunk, which recompiles as the KV-cache length changes.
+        max_nonfinite_steps: a non-finite loss skips the step (no update: the
+            step is undone on the device, no host sync); this many in a row
+            stop training, naming the last good checkpoint
             (:mod:`vqzoo.nn.nonfinite`, shared with the tokenizers).
 
     Subclasses set ``self.vocab_size``, ``self.token_shape`` and (class-conditional
@@ -224,8 +229,10 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         resid_pdrop: float = 0.1,
         attn_pdrop: float = 0.1,
         max_nonfinite_steps: int = 10,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        self.compile_modules = bool(compile)
         self.n_layer, self.n_head, self.n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
         for name, p in (("embd_pdrop", embd_pdrop), ("resid_pdrop", resid_pdrop), ("attn_pdrop", attn_pdrop)):
             if not 0.0 <= p < 1.0:
@@ -251,6 +258,7 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         self.tokenizer_path = tokenizer
         # Not persistent: exports and checkpoints of priors written before the guard keep loading.
         self.init_nonfinite_guard(max_nonfinite_steps, persistent=False)
+        self._nonfinite_oks: list[Tensor] = []
         # Bypass nn.Module registration on purpose (see the module docstring).
         object.__setattr__(self, "_frozen_tokenizer", None)
         self._value_checks_done = False  # per process: the first training batch's values are checked
@@ -417,6 +425,10 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
                 )
             self.check_token_spec(int(meta["vocab_size"]), tuple(meta["token_shape"]), "token data")
 
+    def configure_model(self) -> None:
+        if self.compile_modules:
+            self.trunk.compile()  # in place: parameter names and checkpoints unchanged
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from vqzoo.checkpoint import checkpoint_meta
 
@@ -447,16 +459,31 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         return PriorBatch(tokens=tokens, labels=batch.get("labels"), text=batch.get("text"))
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        # The non-finite guard without a host sync (vqzoo/nn/nonfinite.py): save before the
+        # forward, flag on the device, undo in optimizer_step after the update.
+        guarded = self._trainer is not None
+        if guarded and not self._nonfinite_oks:
+            optimizers = self.optimizers()
+            self.nonfinite_begin(optimizers if isinstance(optimizers, list) else [optimizers])
         pb = self.prepare_batch(batch)
         loss, logs = self.compute_loss(pb)
-        if self.skip_nonfinite(loss, f"at step {self.global_step}"):
-            return None  # automatic optimization: no backward, no optimizer step
+        if guarded:
+            self._nonfinite_oks.append(self.nonfinite_flag(loss))
         self._value_checks_done = True
         bs = pb.tokens.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in logs.items():
             self.log(f"train/{k}", v, batch_size=bs)
         return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self._nonfinite_oks:  # every batch accumulated into this update must be finite
+            ok = self._nonfinite_oks[0]
+            for other in self._nonfinite_oks[1:]:
+                ok = ok & other
+            self._nonfinite_oks = []
+            self.nonfinite_end([ok], f"step {self.global_step}")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         pb = self.prepare_batch(batch)
