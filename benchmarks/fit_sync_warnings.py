@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     class Count(L.Callback):
         def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, i: int) -> None:
+            if not cuda:  # count steady-state steps only, as the CUDA path does
+                counter.enabled = module.generator_step >= args.warmup
             self.n0 = sum(where.values()) if cuda else counter.counts["vqzoo"] + counter.counts["other"]
             self.t0 = time.perf_counter()
 

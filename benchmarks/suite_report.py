@@ -20,6 +20,10 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", default="benchmarks/results")
@@ -50,7 +54,7 @@ def main() -> None:
             lines.append(
                 f"| {key} | {t['vqzoo']['wall']['images_per_s']:.1f} | {t['taming']['wall']['images_per_s']:.1f} | "
                 f"{r['speedup']['vqzoo']:.2f}x ({_fmt(pr.get('min'))}-{_fmt(pr.get('max'))}) | "
-                f"{_fmt(mfu.get('vqzoo') and 100 * mfu['vqzoo'], '.1f')}% | {_fmt(mfu.get('taming') and 100 * mfu['taming'], '.1f')}% | "
+                f"{_pct(mfu.get('vqzoo'))} | {_pct(mfu.get('taming'))} | "
                 f"{_fmt(mv and mv / 2**20, '.0f')} / {_fmt(mt and mt / 2**20, '.0f')} |")
             summary[f"train_step/{key}"] = {"speedup": r["speedup"]["vqzoo"], "mfu": mfu.get("vqzoo")}
         lines.append("")
@@ -103,7 +107,7 @@ def main() -> None:
             lines += [f"## {name}", "",
                       f"{r['n_layer']} layers x {r['n_embd']}, batch {r['batch']}, seq {r['sequence']}: "
                       f"{r['median_s'] * 1e3:.1f} ms/step ({r['spread_pct']:.0f}% spread), "
-                      f"{_fmt(r['achieved_tflops'], '.2f')} TFLOP/s, MFU {_fmt(r['mfu'] and 100 * r['mfu'], '.1f')}%", ""]
+                      f"{_fmt(r['achieved_tflops'], '.2f')} TFLOP/s, MFU {_pct(r['mfu'])}", ""]
             summary[name] = {"mfu": r["mfu"], "median_s": r["median_s"]}
     (d / f"{p}suite.md").write_text("\n".join(lines) + "\n")
     (d / f"{p}suite.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -185,3 +185,23 @@ def test_compile_flag_compiles_in_configure_model() -> None:
     assert m.hparams["compile"] is True
     m.configure_model()
     assert m.trunk._compiled_call_impl is not None
+
+
+# ------------------------------------------------------------------ the GPU suite's CPU smoke path
+def test_gpu_suite_quick_cpu_path_of_the_train_step_benchmark(tmp_path: Path) -> None:
+    """benchmarks/gpu_suite.sh's first step with --device cpu --quick, then its summary (one scenario, to stay brief)."""
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    out = tmp_path / "cpu_quick_train_step.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--device", "cpu", "--dtype", "fp32",
+                    "--threads", "1", "--quick", "--scenario", "recon_vq", "--out", str(out)],
+                   check=True, env=env, capture_output=True, timeout=300)
+    runs = json.loads(out.read_text())["runs"]
+    (r,) = runs.values()
+    assert r["config"]["ch"] == 32 and r["flops_per_step"]["vqzoo"] > 0 and r["mfu"]["vqzoo"] is None  # no CPU peak
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite_report.py"), "--dir", str(tmp_path),
+                    "--prefix", "cpu_quick_"], check=True, env=env, capture_output=True, timeout=60)
+    assert "Train step vs taming" in (tmp_path / "cpu_quick_suite.md").read_text()
