@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, sys, time
+import json, sys, tempfile, time
 import torch
 torch.set_num_threads(1)
 import lightning as L
@@ -51,10 +51,10 @@ class Clock(L.Callback):
         if i + 1 >= warmup + steps:
             trainer.should_stop = True
 
-args = ["--config", "configs/quickstart.yaml", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+args = ["--config", "configs/quickstart.yaml", "--trainer.logger=false",
         "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--trainer.max_time=null",
         f"--trainer.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}",
-        "--trainer.default_root_dir=/tmp/vqzoo_quickstart_speed"]
+        f"--trainer.default_root_dir={tempfile.mkdtemp(prefix='vqzoo_quickstart_speed_')}"]
 if disc:
     args.append("--model.init_args.adversarial.init_args.disc_start=0")
 cli = VQZooCLI(args=args, run=False)
@@ -65,9 +65,10 @@ print("RESULT " + json.dumps(times))
 
 
 def run_child(tree: Path, warmup: int, steps: int, disc: bool, device: str) -> list[tuple[float, float]]:
+    # cwd = the tree: `python -c` puts the working directory first on sys.path
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     out = subprocess.run([sys.executable, "-c", CHILD, str(warmup), str(steps), "1" if disc else "0", device],
-                         cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+                         cwd=tree, env=env, capture_output=True, text=True, check=False)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return [tuple(t) for t in json.loads(line[7:])]

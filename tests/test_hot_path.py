@@ -205,3 +205,25 @@ def test_gpu_suite_quick_cpu_path_of_the_train_step_benchmark(tmp_path: Path) ->
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite_report.py"), "--dir", str(tmp_path),
                     "--prefix", "cpu_quick_"], check=True, env=env, capture_output=True, timeout=60)
     assert "Train step vs taming" in (tmp_path / "cpu_quick_suite.md").read_text()
+
+
+def test_check_values_every_n_batches_catches_a_bad_batch_later() -> None:
+    model, batch = build_model("vqgan_fsq")
+    model.check_values_every = 2
+    bad = {"images": batch["images"] * 3}  # out of [-1, 1]
+    data = [batch, batch, bad]
+
+    class Seq(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(data)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return data[i]
+
+    with pytest.raises(ValueError, match=r"expects images in \[-1, 1\]"):
+        _trainer(6).fit(model, DataLoader(Seq(), batch_size=None))
+    quiet, _ = build_model("vqgan_fsq")  # default: only the first batch is read back
+    _trainer(6).fit(quiet, DataLoader(Seq(), batch_size=None))
+    with pytest.raises(ValueError, match="check_values_every"):
+        build_model("minigpt")[0].__class__(vocab_size=8, token_shape=[2, 2], n_layer=1, n_head=1, n_embd=8,
+                                            check_values_every=0)

@@ -191,6 +191,8 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         n_layer, n_head, n_embd: transformer depth, heads and width.
         embd_pdrop, resid_pdrop, attn_pdrop: dropouts (minGPT and the MaskGIT
             reference: 0.1 each).
+        check_values_every: also check token and label ids on every N-th
+            training batch (1 = every batch, one host sync each; None = the first only).
         compile: ``torch.compile`` the transformer trunk in place when
             Lightning configures the model (``configure_model``); state-dict
             keys are unchanged. Meant for training: sampling calls the same
@@ -230,8 +232,13 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         attn_pdrop: float = 0.1,
         max_nonfinite_steps: int = 10,
         compile: bool = False,
+        check_values_every: int | None = None,
     ) -> None:
         super().__init__()
+        if check_values_every is not None and (isinstance(check_values_every, bool) or check_values_every < 1):
+            raise ValueError(f"check_values_every must be an integer >= 1 or None, got {check_values_every!r}")
+        self.check_values_every = check_values_every
+        self._training_batches = 0
         self.compile_modules = bool(compile)
         self.n_layer, self.n_head, self.n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
         for name, p in (("embd_pdrop", embd_pdrop), ("resid_pdrop", resid_pdrop), ("attn_pdrop", attn_pdrop)):
@@ -269,7 +276,10 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         Shapes and dtypes are checked on every call; values only at the door,
         because reading them back would stall the GPU on every training step.
         """
-        return not self.training or not self._value_checks_done
+        if not self.training or not self._value_checks_done:
+            return True
+        every = self.check_values_every
+        return every is not None and self._training_batches % every == 0
 
     def build_trunk(self, max_len: int, causal: bool) -> Transformer:
         """The transformer trunk of the configured size and dropouts."""
@@ -470,6 +480,7 @@ class Prior(NonFiniteGuard, L.LightningModule, metaclass=abc.ABCMeta):
         if guarded:
             self._nonfinite_oks.append(self.nonfinite_flag(loss))
         self._value_checks_done = True
+        self._training_batches += 1
         bs = pb.tokens.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in logs.items():

@@ -103,6 +103,8 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
             each process and on every call outside training. Values are not
             re-checked on later training steps because reading them would
             stall the GPU each step; a non-finite loss is caught by the guard.
+        check_values_every: also check values on every N-th training batch
+            (1 = every batch, at one host sync each; None = the first only).
         num_val_images: images shown in the validation grid.
         compile: ``torch.compile`` the encoder and decoder in place when
             Lightning configures the model (``configure_model``): same
@@ -138,6 +140,7 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         check_inputs: bool = True,
         num_val_images: int = 8,
         compile: bool = False,
+        check_values_every: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(quantizer, Quantizer):
@@ -184,6 +187,10 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         self.max_generator_steps = max_generator_steps
         self.check_inputs = check_inputs
         self._value_checks_done = False  # per process: the first training batch's values are checked
+        if check_values_every is not None and (isinstance(check_values_every, bool) or check_values_every < 1):
+            raise ValueError(f"check_values_every must be an integer >= 1 or None, got {check_values_every!r}")
+        self.check_values_every = check_values_every
+        self._training_door_calls = 0
         self.num_val_images = num_val_images
         self.compile_modules = bool(compile)
         # The buffer carries the count in checkpoints; the host-side mirror is what the loop
@@ -273,6 +280,10 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         if not self.check_inputs:
             return
         values = not self.training or not self._value_checks_done
+        if self.training:
+            every = self.check_values_every
+            values = values or (every is not None and self._training_door_calls % every == 0)
+            self._training_door_calls += 1
         self.check_images(x, values=values)
         if self.training:
             self._value_checks_done = True
