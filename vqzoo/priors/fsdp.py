@@ -15,13 +15,8 @@ Python class sets (which YAML cannot write):
 * ``state_dict_type: full``: checkpoints are ordinary full state dicts, so
   ``vqzoo.load``, ``export`` and sampling read them as any other.
 
-Use with ``precision: bf16-mixed``. In YAML::
-
-    trainer:
-      precision: bf16-mixed
-      strategy:
-        class_path: vqzoo.priors.fsdp.PriorFSDPStrategy
-        init_args: {activation_checkpointing: true, sharding_strategy: FULL_SHARD}
+Use with ``precision: bf16-mixed``; the README's cluster section shows the
+trainer config (``strategy`` with this class path and its ``init_args``).
 
 The tokenizers keep DDP: they are small, and their GAN step's two optimizers
 and codebook collectives are written for it.
