@@ -158,7 +158,8 @@ def _eval_output(model: L.LightningModule, batch: dict[str, torch.Tensor]) -> to
     return torch.cat([rec.flatten(), q.loss.reshape(1)])
 
 
-@pytest.mark.parametrize("name", ["vqgan_quickstart", "vqgan_fsq", "qgvae", "movq", "minigpt", "maskgit"])
+@pytest.mark.parametrize("name", ["vqgan_quickstart", "vqgan_fsq", "vqgan_lfq", "vqgan_rvq", "qgvae", "movq", "minigpt",
+                                  "maskgit"])
 def test_compile_option_gives_the_eager_output(name: str) -> None:
     # aot_eager: the whole torch.compile graph capture (dynamo + AOT autograd) without the
     # inductor code generation, which takes minutes on a 2-core CPU; the GPU suite uses inductor.

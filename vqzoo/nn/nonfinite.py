@@ -67,6 +67,7 @@ class _Saved:
 
     def __init__(self) -> None:
         self.live: list[Tensor] = []
+        self.detached: list[Tensor] = []
         self.saved: list[Tensor] = []
         self.fresh: list[tuple[Tensor, Any]] = []  # (param, optimizer) whose state did not exist yet
 
@@ -102,6 +103,18 @@ class NonFiniteGuard:
     def nonfinite_begin(self, optimizers: Sequence[Any], buffers: Sequence[Sequence[Tensor]] = ()) -> None:
         """Save what this step may change: group ``i`` is ``optimizers[i]``'s parameters and state
         plus ``buffers[i]`` (floating-point buffers); it is restored by ``oks[i]`` in :meth:`nonfinite_end`."""
+        opts = [getattr(opt, "optimizer", opt) for opt in optimizers]  # a LightningOptimizer wraps the torch one
+        # The tensors to save are the same objects step after step (in-place updates): rebuild the lists
+        # only when an optimizer gained state or the buffer lists changed.
+        key = (tuple(id(o) for o in opts), tuple(len(o.state) for o in opts), tuple(id(b) for b in buffers))
+        cached = getattr(self, "_nonfinite_cache", None)
+        if cached is not None and cached[0] == key:
+            groups = cached[1]
+            for g, store in zip(groups, self._nonfinite_storage):
+                if g.live:
+                    torch._foreach_copy_(store, g.detached)
+            self._nonfinite_groups = groups
+            return
         groups: list[_Saved] = []
         for i, opt in enumerate(optimizers):
             g = _Saved()
@@ -127,10 +140,12 @@ class NonFiniteGuard:
                 s.shape != t.shape or s.dtype != t.dtype or s.device != t.device for s, t in zip(store, g.live)
             ):
                 store[:] = [torch.empty_like(t, memory_format=torch.preserve_format) for t in g.live]
+            g.detached = [t.detach() for t in g.live]
             if g.live:
-                torch._foreach_copy_(store, [t.detach() for t in g.live])
+                torch._foreach_copy_(store, g.detached)
             g.saved = store
         self._nonfinite_groups = groups
+        self._nonfinite_cache = (key, groups) if all(not g.fresh for g in groups) else None
 
     def nonfinite_flag(self, loss: Tensor) -> Tensor:
         """A 0-dim bool tensor on the loss's device: True when ``loss`` is finite on every rank (no host sync)."""
@@ -164,11 +179,11 @@ class NonFiniteGuard:
         in_a_row = (self._nonfinite_in_a_row + 1) * bad  # type: ignore[attr-defined]
         self._nonfinite_in_a_row.copy_(in_a_row)  # type: ignore[attr-defined]
         torch.maximum(self._nonfinite_worst, in_a_row, out=self._nonfinite_worst)  # type: ignore[attr-defined]
-        log: Any = getattr(self, "log", None)
-        if getattr(self, "_trainer", None) is not None and callable(log):
-            log("train/nonfinite_steps", self._nonfinite_total.float(), batch_size=1)  # type: ignore[attr-defined]
         self._nonfinite_steps_seen += 1
         if self._nonfinite_steps_seen % self.max_nonfinite_steps == 0:
+            log: Any = getattr(self, "log", None)
+            if getattr(self, "_trainer", None) is not None and callable(log):  # logged at each check
+                log("train/nonfinite_steps", self._nonfinite_total.float(), batch_size=1)  # type: ignore[attr-defined]
             self.check_nonfinite(where)
 
     def check_nonfinite(self, where: str = "") -> None:

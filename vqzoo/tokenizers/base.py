@@ -441,12 +441,18 @@ class Tokenizer(NonFiniteGuard, L.LightningModule, abc.ABC):
         """Floating buffers a step changes, split as the optimizers are: generator side, discriminator side.
 
         Frozen parameters count as buffers here: an EMA codebook is a parameter without gradient.
+        Cached (the same tensors every step); moving the module clears the cache (``_apply``).
         """
-        gen = [b for n, b in self.named_buffers() if not n.startswith(("adversarial.", "_nonfinite"))]
-        gen += [p for n, p in self.named_parameters() if not p.requires_grad and not n.startswith("adversarial.")]
-        if not disc_active:
-            return [gen]
-        return [gen, list(self.adversarial.buffers())]
+        cache = self.__dict__.setdefault("_guarded_buffers_cache", {})
+        if disc_active not in cache:
+            gen = [b for n, b in self.named_buffers() if not n.startswith(("adversarial.", "_nonfinite"))]
+            gen += [p for n, p in self.named_parameters() if not p.requires_grad and not n.startswith("adversarial.")]
+            cache[disc_active] = [gen] if not disc_active else [gen, list(self.adversarial.buffers())]
+        return cache[disc_active]
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.__dict__["_guarded_buffers_cache"] = {}  # .to()/.half() replace buffer tensors
+        return super()._apply(fn, *args, **kwargs)
 
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:
         if self.gradient_clip_norm is not None:
