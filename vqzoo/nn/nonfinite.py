@@ -72,6 +72,17 @@ class _Saved:
         self.fresh: list[tuple[Tensor, Any]] = []  # (param, optimizer) whose state did not exist yet
 
 
+def _same(a: tuple, b: tuple) -> bool:
+    objs_a, states_a, sizes_a, bufs_a = a
+    objs_b, states_b, sizes_b, bufs_b = b
+    return (
+        len(objs_a) == len(objs_b) and all(x is y for x, y in zip(objs_a, objs_b))
+        and len(states_a) == len(states_b) and all(x is y for x, y in zip(states_a, states_b))
+        and sizes_a == sizes_b
+        and len(bufs_a) == len(bufs_b) and all(x is y for x, y in zip(bufs_a, bufs_b))
+    )
+
+
 class NonFiniteGuard:
     """Mixin for a training module (an ``nn.Module``): call :meth:`init_nonfinite_guard` in ``__init__``,
     then per training step :meth:`nonfinite_begin`, :meth:`nonfinite_flag` and :meth:`nonfinite_end`."""
@@ -106,9 +117,11 @@ class NonFiniteGuard:
         opts = [getattr(opt, "optimizer", opt) for opt in optimizers]  # a LightningOptimizer wraps the torch one
         # The tensors to save are the same objects step after step (in-place updates): rebuild the lists
         # only when an optimizer gained state or the buffer lists changed.
-        key = (tuple(id(o) for o in opts), tuple(len(o.state) for o in opts), tuple(id(b) for b in buffers))
+        # The key holds the objects themselves (compared by identity, so no id is reused): the optimizers,
+        # their state dicts (load_state_dict replaces them), the state sizes, the buffer lists.
+        key = (list(opts), [o.state for o in opts], [len(o.state) for o in opts], list(buffers))
         cached = getattr(self, "_nonfinite_cache", None)
-        if cached is not None and cached[0] == key:
+        if cached is not None and _same(cached[0], key):
             groups = cached[1]
             for g, store in zip(groups, self._nonfinite_storage):
                 if g.live:
