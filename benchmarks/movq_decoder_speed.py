@@ -120,8 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... ")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = both decoders under autocast")
+    p.add_argument("--quick", action="store_true", help="64x64, 2 repeats: a smoke run")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "movq_decoder_speed.json"))
     args = p.parse_args(argv)
+    if args.quick:
+        args.resolution, args.repeats, args.warmup = 64, 2, 1
     if args.resolution % 8:
         raise ValueError(f"--resolution must be divisible by 8 (f = 8), got {args.resolution}")
     torch.set_num_threads(args.threads)
@@ -165,7 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
         params["diffusers"] = count(peer.decoder, peer.post_quant_conv)
         result["peer"] = {"available": True, "diffusers_version": diffusers.__version__}
 
-    runs = time_interleaved(fns, device, args.warmup, args.repeats)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    with autocast:
+        runs = time_interleaved(fns, device, args.warmup, args.repeats)
     for name, r in runs.items():
         r["decoder_params"] = params[name]
         print(f"{name:10s} median {r['median_s'] * 1e3:9.1f} ms  (min {r['min_s'] * 1e3:.1f}, "

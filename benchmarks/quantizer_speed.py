@@ -33,17 +33,25 @@ from vqzoo.quantize import DeadCodeReset, OrthogonalRegularizer, VectorQuantizer
 SIZES = [(4096, 256, 1024), (16384, 64, 8192)]
 
 
-def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:  # noqa: ANN001
+def interleaved(fns: dict, repeats: int, warmup: int = 2, device: torch.device | None = None) -> dict[str, float]:  # noqa: ANN001
     """Median seconds of each function, timed in rotation so load drift hits all alike."""
+
+    def sync() -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
+    interleaved.last_times = times  # type: ignore[attr-defined]
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -80,9 +88,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16 = the input in bfloat16 under autocast (vqzoo quantizes in float32 regardless)")
+    ap.add_argument("--quick", action="store_true", help="small shapes, 2 repeats: a smoke run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quantizer_speed.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sizes = [(512, 32, 128), (1024, 16, 512)] if args.quick else SIZES
+    if args.quick:
+        args.repeats = 2
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     try:
         import vector_quantize_pytorch
 
@@ -97,29 +115,36 @@ def main() -> None:
         peer_version = version("vector-quantize-pytorch")
 
     rows = []
-    for N, D, K in SIZES:
+    for N, D, K in sizes:
         torch.manual_seed(0)
-        x = torch.randn(N, D)
-        c = torch.randn(K, D)
+        x = torch.randn(N, D, device=device)
+        c = torch.randn(K, D, device=device)
         sq = c.pow(2).sum(-1)
 
-        def floor_fn() -> torch.Tensor:
+        def floor_fn() -> torch.Tensor:  # float32: vqzoo's distances are float32 under any autocast (pitfall #7)
             return torch.addmm(sq, x, c.t(), beta=1.0, alpha=-2.0)
 
         for feature in ("ema_dead_code", "grad_ortho"):
-            z = torch.randn(1, N, D, requires_grad=True)
+            z = torch.randn(1, N, D, device=device, dtype=dtype, requires_grad=True)
             torch.manual_seed(0)
-            vq = ours(feature, K, D).train()
+            vq = ours(feature, K, D).to(device).train()
             fns = {"floor": floor_fn, "vqzoo": lambda: step_ours(vq, z)}
             if have_peer:
                 torch.manual_seed(0)
-                pv = peer(feature, K, D).train()
+                pv = peer(feature, K, D).to(device).train()
                 fns["peer"] = lambda: step_peer(pv, z)
-            t = interleaved(fns, args.repeats)
+            with autocast:
+                t = interleaved(fns, args.repeats, device=device)
+            raw = interleaved.last_times  # type: ignore[attr-defined]
+            over_floor = [a / b for a, b in zip(raw["vqzoo"], raw["floor"])]
             row = {
                 "N": N, "D": D, "K": K, "feature": feature, "vqzoo_ms": 1e3 * t["vqzoo"],
                 "floor_ms": 1e3 * t["floor"], "vqzoo_over_floor": t["vqzoo"] / t["floor"],
+                "vqzoo_over_floor_per_round": [min(over_floor), max(over_floor)],
             }
+            if have_peer:
+                vs_peer = [a / b for a, b in zip(raw["peer"], raw["vqzoo"])]
+                row["speedup_vs_peer_per_round"] = [min(vs_peer), max(vs_peer)]
             if have_peer:
                 row.update({"peer_ms": 1e3 * t["peer"], "speedup_vs_peer": t["peer"] / t["vqzoo"]})
             rows.append(row)
@@ -130,7 +155,9 @@ def main() -> None:
             )
     result = {
         "benchmark": "quantizer forward+backward",
-        "device": "cpu",
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "dtype": args.dtype,
         "threads": args.threads,
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,

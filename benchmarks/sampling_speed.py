@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=12, help="MaskGIT decoding steps")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16 = every contender samples under torch.autocast(bfloat16)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test")
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--threads", type=int, default=None,
@@ -327,14 +329,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if int(round(args.image_tokens**0.5)) ** 2 != args.image_tokens:
         p.error(f"--image-tokens must be a square number, got {args.image_tokens}")
     device = torch.device(args.device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    with autocast:
+        minigpt_res, maskgit_res = bench_minigpt(args, device), bench_maskgit(args, device)
     results = {
         "benchmark": "sampling_speed",
+        "dtype": args.dtype,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "minigpt": bench_minigpt(args, device),
-        "maskgit": bench_maskgit(args, device),
+        "minigpt": minigpt_res,
+        "maskgit": maskgit_res,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -228,6 +228,9 @@ class VqzooStep:
         opt_g = self.optimizers[0]
         if adv is not None:  # Tokenizer.training_step toggles the generator optimizer: D gets no grads here
             adv.requires_grad_(False)
+        disc_active = adv is not None and adv.is_active(self.step_count)
+        # The library's non-finite guard, without a host sync (vqzoo/nn/nonfinite.py): saved, flagged, undone.
+        m.nonfinite_begin(self.optimizers[:2] if disc_active else self.optimizers[:1], m._guarded_buffers(disc_active))
         with _autocast(self.device, self.dtype):
             x_rec, q = m(x)
             nll, _ = m.reconstruction_terms(x, x_rec)
@@ -235,15 +238,15 @@ class VqzooStep:
             if adv is not None:
                 g_term, _ = adv.generator_term(x_rec, nll, m.last_layer, self.step_count)
                 loss = loss + g_term
-        if not m._all_finite(loss):
-            raise RuntimeError("vqzoo: non-finite loss in the benchmark")
+        ok = m.nonfinite_flag(loss)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         vq.after_backward()
         opt_g.step()
         self.schedulers[0].step()
         vq.after_step()
-        if adv is not None and adv.is_active(self.step_count):
+        oks = [ok]
+        if disc_active:
             adv.requires_grad_(True)
             opt_d = self.optimizers[1]
             with _autocast(self.device, self.dtype):
@@ -252,6 +255,8 @@ class VqzooStep:
             d_loss.backward()
             opt_d.step()
             self.schedulers[1].step()
+            oks.append(ok & m.nonfinite_flag(d_loss))
+        m.nonfinite_end(oks)
         self.step_count += 1
 
 
@@ -629,6 +634,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="print a side-by-side torch.profiler op table")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses (and saving)")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results")
+    ap.add_argument("--quick", action="store_true", help="ch 32, batch 2, 1 warm-up + 2 rounds, no memory: a smoke run")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's dense peak for MFU (default: known GPUs at --dtype, else no MFU)")
     ap.add_argument("--out", default=str(RESULTS / "train_step.json"))
     ap.add_argument("--memory-child", choices=("vqzoo", "taming"), help=argparse.SUPPRESS)
     return ap.parse_args()
@@ -661,6 +669,15 @@ def run_scenario(args: argparse.Namespace, scenario: str, cfg: Config, device: t
         print(f"{n:12s} {w['images_per_s']:7.2f} img/s  median {w['median_s']:.3f}s [{w['min_s']:.3f}, {w['max_s']:.3f}] "
               f"spread {w['spread_pct']:.0f}%  speedup {speedup[n]:.3f}x  (CPU time {c['median_s']:.3f}s, "
               f"speedup {tc / c['median_s']:.3f}x)")
+    peak = peak_flops(device, args.dtype, args.peak_tflops)
+    flops = {n: step_flops(steps[n], x) for n in names}
+    mfu = {}
+    for n in names:
+        f, t = flops[n], timing[n]["wall"]["median_s"]
+        mfu[n] = (f / t / peak) if (f and peak) else None
+        if f:
+            print(f"{n:12s} {f / 1e9:.1f} GFLOP/step, {f / t / 1e12:.3f} TFLOP/s achieved"
+                  + (f", MFU {100 * mfu[n]:.1f}%" if mfu[n] is not None else ""))
     profile = profile_side_by_side(steps, x) if args.profile else None
     del steps
     gc.collect()
@@ -692,6 +709,9 @@ def run_scenario(args: argparse.Namespace, scenario: str, cfg: Config, device: t
         "timing": timing,
         "speedup": speedup,
         "per_round_ratio": per_round,
+        "flops_per_step": flops,
+        "peak_flops": peak,
+        "mfu": mfu,
         "memory": memory,
         "memory_method": (
             "each contender in a fresh subprocess, built, then memory_steps steps. CPU: peak resident set over the "
@@ -705,8 +725,39 @@ def run_scenario(args: argparse.Namespace, scenario: str, cfg: Config, device: t
     }
 
 
+#: dense tensor-core peaks (TFLOP/s) by device-name substring and dtype, from the vendors' datasheets
+PEAK_TFLOPS = {("H200", "bf16"): 989.0, ("H100", "bf16"): 989.0, ("A100", "bf16"): 312.0,
+               ("H200", "fp32"): 67.0, ("H100", "fp32"): 67.0, ("A100", "fp32"): 19.5}
+
+
+def peak_flops(device: torch.device, dtype: str, override: float | None) -> float | None:
+    """The device's peak FLOP/s for MFU, or None when unknown (CPU)."""
+    if override:
+        return override * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for (key, dt), tflops in PEAK_TFLOPS.items():
+        if key in name and dt == dtype:
+            return tflops * 1e12
+    return None
+
+
+def step_flops(step: Any, x: torch.Tensor) -> int | None:
+    """FLOPs of one training step (forward + backward matmuls and convolutions), by torch's FlopCounterMode."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError:
+        return None
+    with FlopCounterMode(display=False) as counter:
+        step(x)
+    return int(counter.get_total_flops())
+
+
 def main() -> None:
     args = parse_args()
+    if args.quick:
+        args.ch, args.batch, args.warmup, args.repeats, args.no_memory = 32, 2, 1, 2, True
     if args.ch < 32 or args.ch % 32:
         raise ValueError(f"--ch must be a multiple of 32 (taming's GroupNorm has 32 groups), got {args.ch}")
     torch.set_num_threads(args.threads)
@@ -718,7 +769,7 @@ def main() -> None:
         return
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     results = {f"{device.type}-{args.dtype}-{s}-ch{cfg.ch}-t{args.threads}": run_scenario(args, s, cfg, device) for s in scenarios}
-    if args.no_save or args.no_memory:
+    if args.no_save or (args.no_memory and not args.quick):
         return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -193,9 +193,9 @@ def test_ordered_dropout_every_third_batch() -> None:
     torch.manual_seed(5)
     q = torch.randn(6, C, D)
     for step in (1, 2, 4, 5):
-        model._generator_step.fill_(step)
+        model.generator_step = step
         assert torch.equal(model.latent_transform(q), q)
-    model._generator_step.fill_(3)
+    model.generator_step = 3
     seen = set()
     for _ in range(200):
         zero = ((model.latent_transform(q).detach() + offset) == 0).all(-1)
@@ -259,10 +259,10 @@ def test_qggan_switches_from_mse_to_l1_after_warmup() -> None:
                  reconstruction_loss="l1", reconstruction_weight=0.5)
     x, y = images(2, seed=6), images(2, seed=7)
     xd, yd = x.double(), y.double()
-    model._generator_step.fill_(2)
+    model.generator_step = 2
     total, logs = model.reconstruction_terms(x, y)
     assert math.isclose(total.item(), 0.25 * ((xd - yd) ** 2).mean().item(), rel_tol=1e-5)
-    model._generator_step.fill_(3)
+    model.generator_step = 3
     total, _ = model.reconstruction_terms(x, y)
     assert math.isclose(total.item(), 0.5 * (xd - yd).abs().mean().item(), rel_tol=1e-5)
     assert not adv.is_active(2) and adv.is_active(3)

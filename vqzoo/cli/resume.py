@@ -32,7 +32,7 @@ SAFE_NAMES = frozenset({
     "min_lr_ratio", "total_steps", "scale_lr", "gradient_clip_norm", "gradient_clip_algorithm",
     "max_generator_steps", "max_nonfinite_steps", "check_inputs", "num_val_images", "embd_pdrop",
     "resid_pdrop", "attn_pdrop", "disc_start", "disc_factor", "max_weight", "beta", "weight", "lecam_decay",
-    "ema_decay",
+    "ema_decay", "compile", "check_values_every",
 })
 
 

@@ -193,8 +193,15 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
         n_layer, n_head, n_embd: transformer depth, heads and width.
         embd_pdrop, resid_pdrop, attn_pdrop: dropouts (minGPT and the MaskGIT
             reference: 0.1 each).
-        max_nonfinite_steps: a non-finite loss skips the step (no update); this
-            many in a row stop training, naming the last good checkpoint
+        check_values_every: also check token and label ids on every N-th
+            training batch (1 = every batch, one host sync each; None = the first only).
+        compile: ``torch.compile`` the transformer trunk in place when
+            Lightning configures the model (``configure_model``); state-dict
+            keys are unchanged. Meant for training: sampling calls the same
+            compiled trunk, which recompiles as the KV-cache length changes.
+        max_nonfinite_steps: a non-finite loss skips the step (no update: the
+            step is undone on the device, no host sync); this many in a row
+            stop training, naming the last good checkpoint
             (:mod:`vqzoo.nn.nonfinite`, shared with the tokenizers).
         ema_decay: keep an EMA of the weights (``vqzoo.nn.ema``; 0.999 typical,
             None = off), updated after each optimizer step; validation, test,
@@ -232,9 +239,16 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
         max_nonfinite_steps: int = 10,
         ema_decay: float | None = None,
         ema_eval: bool = True,
+        compile: bool = False,
+        check_values_every: int | None = None,
     ) -> None:
         super().__init__()
         self._init_weight_ema(ema_decay, ema_eval)
+        if check_values_every is not None and (isinstance(check_values_every, bool) or check_values_every < 1):
+            raise ValueError(f"check_values_every must be an integer >= 1 or None, got {check_values_every!r}")
+        self.check_values_every = check_values_every
+        self._training_batches = 0
+        self.compile_modules = bool(compile)
         self.n_layer, self.n_head, self.n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
         for name, p in (("embd_pdrop", embd_pdrop), ("resid_pdrop", resid_pdrop), ("attn_pdrop", attn_pdrop)):
             if not 0.0 <= p < 1.0:
@@ -260,6 +274,7 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
         self.tokenizer_path = tokenizer
         # Not persistent: exports and checkpoints of priors written before the guard keep loading.
         self.init_nonfinite_guard(max_nonfinite_steps, persistent=False)
+        self._nonfinite_oks: list[Tensor] = []
         # Bypass nn.Module registration on purpose (see the module docstring).
         object.__setattr__(self, "_frozen_tokenizer", None)
         self._value_checks_done = False  # per process: the first training batch's values are checked
@@ -270,7 +285,10 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
         Shapes and dtypes are checked on every call; values only at the door,
         because reading them back would stall the GPU on every training step.
         """
-        return not self.training or not self._value_checks_done
+        if not self.training or not self._value_checks_done:
+            return True
+        every = self.check_values_every
+        return every is not None and self._training_batches % every == 0
 
     def build_trunk(self, max_len: int, causal: bool) -> Transformer:
         """The transformer trunk of the configured size and dropouts."""
@@ -427,6 +445,10 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
                 )
             self.check_token_spec(int(meta["vocab_size"]), tuple(meta["token_shape"]), "token data")
 
+    def configure_model(self) -> None:
+        if self.compile_modules:
+            self.trunk.compile()  # in place: parameter names and checkpoints unchanged
+
     def prepare_batch(self, batch: Any) -> PriorBatch:
         """Normalise a dataloader batch into a :class:`PriorBatch` (tokenizing images if needed)."""
         images_in = self.tokenizer_path is not None or self.__dict__["_frozen_tokenizer"] is not None
@@ -445,16 +467,35 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
         return PriorBatch(tokens=tokens, labels=batch.get("labels"), text=batch.get("text"))
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        # The non-finite guard without a host sync (vqzoo/nn/nonfinite.py): save before the
+        # forward, flag on the device, undo in optimizer_step after the update.
+        guarded = self._trainer is not None
+        if guarded and not self._nonfinite_oks:
+            optimizers = self.optimizers()
+            self.nonfinite_begin(optimizers if isinstance(optimizers, list) else [optimizers])
         pb = self.prepare_batch(batch)
         loss, logs = self.compute_loss(pb)
-        if self.skip_nonfinite(loss, f"at step {self.global_step}"):
-            return None  # automatic optimization: no backward, no optimizer step
+        if guarded:
+            self._nonfinite_oks.append(self.nonfinite_flag(loss))
         self._value_checks_done = True
+        self._training_batches += 1
         bs = pb.tokens.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in logs.items():
             self.log(f"train/{k}", v, batch_size=bs)
         return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self._nonfinite_oks:  # every batch accumulated into this update must be finite
+            ok = self._nonfinite_oks[0]
+            for other in self._nonfinite_oks[1:]:
+                ok = ok & other
+            self._nonfinite_oks = []
+            self.nonfinite_end([ok], f"step {self.global_step}")
+        # The weight EMA follows every real optimizer step (not every batch under accumulation),
+        # after the guard has undone a non-finite one.
+        self._update_weight_ema()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         pb = self.prepare_batch(batch)
@@ -482,10 +523,6 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
         call this right after ``save_hyperparameters``.
         """
         self.remove_ignored_hparams([k for k in OPTIMIZER_ARGS if callable(self.hparams.get(k))])
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        # The weight EMA follows every real optimizer step (not every batch under accumulation).
-        super().optimizer_step(*args, **kwargs)
-        self._update_weight_ema()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Two groups: ``nn.Linear`` weights (the optimizer's weight decay) and the rest (none)."""

@@ -235,12 +235,20 @@ class MaskGIT(Prior):
         mask = self.random_mask(B, tokens.device)
         inputs = target.masked_fill(mask, self.mask_token_id)
         logits = self._logits(inputs.view(B, self.num_positions, self.num_channels), labels)
-        logits = logits.reshape(B, self.num_tokens, self.vocab_size)[mask].float()
-        truth = target[mask]
-        loss = F.cross_entropy(logits, truth, label_smoothing=self.label_smoothing)
+        # Fixed shapes: a loss over every position weighted by the mask, divided by the number
+        # masked. `logits[mask]` would read the mask's count back to the host (a sync per step).
+        logits = logits.reshape(B * self.num_tokens, self.vocab_size).float()
+        truth = target.reshape(-1)
+        weight = mask.reshape(-1).float()
+        count = weight.sum().clamp_min(1.0)
+        per_token = F.cross_entropy(logits, truth, label_smoothing=self.label_smoothing, reduction="none")
+        loss = (per_token * weight).sum() / count
         with torch.no_grad():
-            acc = (logits.argmax(-1) == truth).float().mean()
-            ce = F.cross_entropy(logits, truth)
+            acc = ((logits.argmax(-1) == truth).float() * weight).sum() / count
+            if self.label_smoothing > 0:
+                ce = (F.cross_entropy(logits, truth, reduction="none") * weight).sum() / count
+            else:
+                ce = loss.detach()
         return loss, {"masked_accuracy": acc, "masked_ce": ce, "mask_fraction": mask.float().mean()}
 
     # -- decoding ------------------------------------------------------------------------

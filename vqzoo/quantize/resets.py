@@ -40,6 +40,10 @@ class CodebookReset(Configurable, nn.Module, abc.ABC):
             raise ValueError(f"{type(self).__name__}: every must be an integer >= 1, got {every!r}")
         self.every = every
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # Host-side mirror of ``step``: deciding whether a reset is due reads no tensor
+        # (no host sync per step); the buffer carries the count in checkpoints.
+        self._step_host: int | None = 0
+        self.register_load_state_dict_post_hook(_forget_host_step)
         self.register_buffer("num_resets", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_moved", torch.zeros((), dtype=torch.long))
 
@@ -58,8 +62,11 @@ class CodebookReset(Configurable, nn.Module, abc.ABC):
     @torch.no_grad()
     def after_step(self, codebook: Codebook) -> int:
         """Count one optimizer step; reset when due. Returns the number of codes moved."""
+        if self._step_host is None:  # after a load: read the buffer once
+            self._step_host = int(self.step)
         self.step += 1
-        if int(self.step) % self.every != 0:
+        self._step_host += 1
+        if self._step_host % self.every != 0:
             return 0
         moved = self.apply(codebook)
         self.num_resets += 1
@@ -69,6 +76,10 @@ class CodebookReset(Configurable, nn.Module, abc.ABC):
     @abc.abstractmethod
     def apply(self, codebook: Codebook) -> int:
         """Move codes; return how many moved. Must call the same collectives on every rank."""
+
+
+def _forget_host_step(module: CodebookReset, incompatible_keys: object) -> None:
+    module._step_host = None
 
 
 class DeadCodeReset(CodebookReset):

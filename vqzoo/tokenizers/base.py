@@ -28,7 +28,10 @@ Training-loop decisions (see docs/DESIGN.md):
 * A non-finite generator loss skips the step on every rank, is counted and
   logged; after ``max_nonfinite_steps`` in a row training stops with a message
   naming the last checkpoint written (:mod:`vqzoo.nn.nonfinite`, shared with
-  the priors).
+  the priors). The skip is decided on the device: the step runs and is undone
+  with ``torch.where`` (weights, optimizer state, floating buffers), so a
+  steady-state step makes no host sync; ``generator_step`` counts attempted
+  steps, skipped ones included (it is a host-side counter mirrored in a buffer).
 * The perceptual network is built when fitting starts (``setup("fit")``) and
   is not a submodule: its frozen weights never enter checkpoints, and loading
   a tokenizer for inference never needs them. Missing LPIPS weights stop
@@ -102,6 +105,8 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
             each process and on every call outside training. Values are not
             re-checked on later training steps because reading them would
             stall the GPU each step; a non-finite loss is caught by the guard.
+        check_values_every: also check values on every N-th training batch
+            (1 = every batch, at one host sync each; None = the first only).
         num_val_images: images shown in the validation grid.
         ema_decay: keep an EMA of the generator's weights (``vqzoo.nn.ema``; 0.999
             typical, None = off); validation, test, predict, export and
@@ -113,6 +118,10 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
         fid_feature_extractor: the feature extractor spec of
             :func:`vqzoo.metrics.generation.build_feature_extractor`
             (``"inception"`` or ``"classifier:PATH"``).
+        compile: ``torch.compile`` the encoder and decoder in place when
+            Lightning configures the model (``configure_model``): same
+            state-dict keys, same losses within float tolerance. The quantizer
+            and losses stay eager (float32, autocast off).
     """
 
     #: spatial reduction from image to token grid; subclasses set it.
@@ -146,6 +155,8 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
         ema_eval: bool = True,
         fid_every_n_epochs: int | None = None,
         fid_feature_extractor: str | None = None,
+        compile: bool = False,
+        check_values_every: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(quantizer, Quantizer):
@@ -192,8 +203,17 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
         self.max_generator_steps = max_generator_steps
         self.check_inputs = check_inputs
         self._value_checks_done = False  # per process: the first training batch's values are checked
+        if check_values_every is not None and (isinstance(check_values_every, bool) or check_values_every < 1):
+            raise ValueError(f"check_values_every must be an integer >= 1 or None, got {check_values_every!r}")
+        self.check_values_every = check_values_every
+        self._training_door_calls = 0
         self.num_val_images = num_val_images
+        self.compile_modules = bool(compile)
+        # The buffer carries the count in checkpoints; the host-side mirror is what the loop
+        # reads, so deciding the discriminator start or a QG-VAE dropout costs no sync.
         self.register_buffer("_generator_step", torch.zeros((), dtype=torch.long))
+        self._generator_step_host: int | None = 0
+        self.register_load_state_dict_post_hook(_forget_host_step)
         self.init_nonfinite_guard(max_nonfinite_steps)
         self._perceptual: Any = None
         self.val_codebook = CodebookUsage(quantizer.num_codes, quantizer.num_codebooks)
@@ -250,7 +270,15 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
     # ------------------------------------------------------------------ public API
     @property
     def generator_step(self) -> int:
-        return int(self._generator_step)
+        """Generator steps taken (attempted, skipped non-finite ones included); read without a sync."""
+        if self._generator_step_host is None:  # after a load: read the buffer once
+            self._generator_step_host = int(self._generator_step)
+        return self._generator_step_host
+
+    @generator_step.setter
+    def generator_step(self, value: int) -> None:
+        self._generator_step.fill_(int(value))
+        self._generator_step_host = int(value)
 
     @property
     def vocab_size(self) -> int:
@@ -299,6 +327,10 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
         if not self.check_inputs:
             return
         values = not self.training or not self._value_checks_done
+        if self.training:
+            every = self.check_values_every
+            values = values or (every is not None and self._training_door_calls % every == 0)
+            self._training_door_calls += 1
         self.check_images(x, values=values)
         if self.training:
             self._value_checks_done = True
@@ -350,6 +382,11 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
         if stage == "fit" and self.perceptual_weight > 0 and self._perceptual is None:
             # Fail at start-up, never silently train without the loss asked for.
             self._perceptual = _build_lpips()
+
+    def configure_model(self) -> None:
+        if self.compile_modules:
+            for module in (self.encoder, self.decoder):
+                module.compile()  # in place: parameter names and checkpoints unchanged
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
@@ -405,6 +442,8 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
             # Freeze the discriminator for the generator's forward and backward: its weight
             # gradients from the generator loss would be computed and thrown away.
             self.toggle_optimizer(opt_g)
+        disc_active = self.adversarial is not None and self.adversarial.is_active(step)
+        self.nonfinite_begin(optimizers[:2] if disc_active else optimizers[:1], self._guarded_buffers(disc_active))
         x_rec, q = self(x)
         nll, logs = self.reconstruction_terms(x, x_rec)
         loss = nll + self.codebook_weight * q.loss
@@ -414,12 +453,7 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
             logs.update({f"{k}": v for k, v in g_logs.items()})
         logs["vq"] = q.loss.detach()
         logs.update({f"vq_{k}": v.detach() for k, v in q.losses.items()})
-
-        if self.skip_nonfinite(loss, f"at generator step {step}"):
-            if gan:
-                self.untoggle_optimizer(opt_g)
-            opt_g.zero_grad(set_to_none=True)
-            return loss.detach()
+        ok = self.nonfinite_flag(loss)  # a device flag: the step runs and is undone if False
 
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -432,8 +466,10 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
         moved = self.quantizer.after_step()
         self._update_weight_ema()  # after resets, so a moved code enters the average as it is
         self._generator_step += 1
+        self._generator_step_host = step + 1
+        oks = [ok]
 
-        if self.adversarial is not None and self.adversarial.is_active(step):
+        if disc_active:
             opt_d = optimizers[1]
             d_loss, d_logs = self.adversarial.discriminator_term(x, x_rec.detach(), step)
             opt_d.zero_grad(set_to_none=True)
@@ -442,16 +478,35 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
             opt_d.step()
             schedulers[1].step()
             logs.update(d_logs)
+            oks.append(ok & self.nonfinite_flag(d_loss))
+        self.nonfinite_end(oks, f"generator step {step}")
 
         if self.max_generator_steps is not None and self.generator_step >= self.max_generator_steps:
             self.trainer.should_stop = True
         logs["loss"] = loss.detach()
-        logs["codes_moved"] = torch.tensor(float(moved))
-        logs["lr"] = torch.tensor(opt_g.param_groups[0]["lr"])
-        logs["generator_step"] = self._generator_step.float()
+        logs["codes_moved"] = float(moved)  # host numbers: logging them reads nothing back
+        logs["lr"] = float(opt_g.param_groups[0]["lr"])
+        logs["generator_step"] = float(step + 1)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=x.shape[0])
         self.log("train/loss_pbar", loss.detach(), prog_bar=True, logger=False, batch_size=x.shape[0])
         return loss.detach()
+
+    def _guarded_buffers(self, disc_active: bool) -> list[list[Tensor]]:
+        """Floating buffers a step changes, split as the optimizers are: generator side, discriminator side.
+
+        Frozen parameters count as buffers here: an EMA codebook is a parameter without gradient.
+        Cached (the same tensors every step); moving the module clears the cache (``_apply``).
+        """
+        cache = self.__dict__.setdefault("_guarded_buffers_cache", {})
+        if disc_active not in cache:
+            gen = [b for n, b in self.named_buffers() if not n.startswith(("adversarial.", "_nonfinite"))]
+            gen += [p for n, p in self.named_parameters() if not p.requires_grad and not n.startswith("adversarial.")]
+            cache[disc_active] = [gen] if not disc_active else [gen, list(self.adversarial.buffers())]
+        return cache[disc_active]
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.__dict__["_guarded_buffers_cache"] = {}  # .to()/.half() replace buffer tensors
+        return super()._apply(fn, *args, **kwargs)
 
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:
         if self.gradient_clip_norm is not None:
@@ -530,6 +585,10 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
 
 
 # ---------------------------------------------------------------------- helpers
+def _forget_host_step(module: Tokenizer, incompatible_keys: Any) -> None:
+    module._generator_step_host = None  # the loaded buffer is the truth; read it on next use
+
+
 def _build_lpips() -> Any:
     from vqzoo.losses.perceptual import LPIPS
 
