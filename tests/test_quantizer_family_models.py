@@ -129,3 +129,17 @@ def test_maskgit_trains_a_step_on_rvq_tokens_and_minigpt_flattens_them() -> None
     gpt = MiniGPT(vocab_size=tok.vocab_size, token_shape=list(tok.token_shape), **tiny)
     loss, _ = gpt.compute_loss(PriorBatch(tokens))
     assert torch.isfinite(loss) and gpt.num_image_tokens == 8 * 8 * 3
+
+
+def test_residual_tokenizer_with_extra_state_exports_and_reloads(tmp_path: Path) -> None:
+    """A residual quantizer keeps its dropout step as extra state: a .ckpt and an export both carry it."""
+    from vqzoo.checkpoint import export_model, load
+
+    rvq = ResidualQuantizer(VectorQuantizer(16, 4), depth=2, quantizer_dropout=0.5)
+    m = VQGAN(quantizer=rvq, in_channels=1, resolution=16, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+              attn_resolutions=(), z_channels=4)
+    m.quantizer._dropout_step = 7
+    again = load(export_model(m, tmp_path / "export"))
+    assert again.quantizer._dropout_step == 7
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert torch.equal(again.eval().tokenize(x), m.eval().tokenize(x))

@@ -202,7 +202,8 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
     wrong = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        if k in state and isinstance(state[k], torch.Tensor) and isinstance(own[k], torch.Tensor)
+        and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or wrong:
         parts = []
@@ -249,6 +250,7 @@ def load(path: str | os.PathLike, expected: type | None = None, **overrides: Any
         if not isinstance(meta, dict):
             raise CheckpointError(f"{cfg_file} must hold a JSON object with 'class_path' and 'config'")
         class_path, config = meta.get("class_path"), meta.get("config") or {}
+        extra_state = meta.get("extra_state") or {}
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -256,6 +258,7 @@ def load(path: str | os.PathLike, expected: type | None = None, **overrides: Any
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{weights} is not a readable safetensors file: {err}") from err
+        state = {**state, **extra_state}
     elif path.is_file():
         ckpt = read_checkpoint(path)
         class_path, config, state = checkpoint_class_path(ckpt), ckpt.get("hyper_parameters") or {}, ckpt["state_dict"]
@@ -335,7 +338,15 @@ def export_model(
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
     meta = {"class_path": f"{type(model).__module__}.{type(model).__qualname__}", "config": model_config(model)}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    # Modules' extra state (e.g. a residual quantizer's dropout step) is plain data: config.json keeps it.
+    extra = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    if extra:
+        try:
+            meta["extra_state"] = json.loads(json.dumps(extra))
+        except TypeError as err:
+            raise CheckpointError(f"cannot export {type(model).__name__}: its extra state is not plain data: {err}") from err
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
     ema = getattr(model, "weight_ema", None)
     if ema is not None:
         n = int(ema.num_updates)
