@@ -125,8 +125,12 @@ def write_table(rows: dict[str, list[dict]], steps: int) -> None:
         "# The quantizer family at equal bits on Fashion-MNIST (CPU)",
         "",
         f"{steps} generator steps of batch 16 per run (no discriminator yet at that length), seeds "
-        f"{', '.join(map(str, SEEDS))}, one CPU thread; `vqzoo evaluate` on the Fashion-MNIST test split. "
-        "Mean ± std over the seeds. Protocol and per-run reports: quantizer_family_quality.json.",
+        f"{', '.join(map(str, SEEDS))}, one CPU thread; `vqzoo evaluate` on the first 2,000 "
+        "Fashion-MNIST test images. Mean ± std over the seeds. Protocol and per-run reports: "
+        "quantizer_family_quality.json.",
+        "",
+        "Usage and perplexity are per codebook, averaged: VQ, FSQ and LFQ have one codebook of about "
+        "2^10 codes; the residual VQ has two levels of 32 codes (2 x 5 bits), so its perplexity is out of 32.",
         "",
         "| quantizer | PSNR (dB) | SSIM | codebook usage | perplexity |",
         "|---|---|---|---|---|",

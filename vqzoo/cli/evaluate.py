@@ -216,7 +216,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     gen = GenerativeMetrics(extractor).to(device) if extractor is not None else None
     t0 = time.perf_counter()
     if kind == "tokenizer":
-        metrics = ReconstructionMetrics(lpips_fn, gen, tokenizer.vocab_size, tokenizer.quantizer.num_groups).to(device)
+        metrics = ReconstructionMetrics(lpips_fn, gen, tokenizer.vocab_size, tokenizer.quantizer.num_codebooks).to(device)
         seen, grid_in, grid_out = 0, None, None
         with torch.no_grad():
             for batch in loader:

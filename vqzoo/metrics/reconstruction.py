@@ -30,7 +30,7 @@ class ReconstructionMetrics(nn.Module):
     Args:
         lpips: ``(recon, images) -> (B,)`` or scalar perceptual distance on [-1, 1] images, or None.
         generative: a :class:`GenerativeMetrics` (reconstructions are the "fake" set), or None.
-        num_codes, num_groups: codebook size for usage/perplexity/entropy (None: not measured).
+        num_codes, num_groups: codebook size and number of codebooks (histogram rows) for usage/perplexity/entropy (None: not measured).
     """
 
     def __init__(self, lpips: Callable[[Tensor, Tensor], Tensor] | None = None,
