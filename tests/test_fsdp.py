@@ -35,11 +35,3 @@ def test_wrap_policy_selects_every_block_of_a_prior(cls: type) -> None:
     blocks = [m for m in model.modules() if isinstance(m, Block)]
     assert len(blocks) == 3
     assert set(chosen) == set(blocks)  # one unit per Block; the rest stays in the root unit FSDP adds
-
-
-def test_fsdp_needs_an_accelerator_on_this_torch() -> None:
-    # Documents why no CPU fit runs here; if torch ever allows it, this test says so.
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    from torch.distributed.fsdp._init_utils import _init_device_handle  # noqa: F401 - the refusing check
-    assert not torch.accelerator.is_available() if hasattr(torch, "accelerator") else True
