@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from vqzoo.checkpoint import CheckpointHooks
 from vqzoo.data.batch import as_batch
 from vqzoo.nn.nonfinite import NonFiniteGuard
+from vqzoo.nn.door import ValueCheckSchedule
 from vqzoo.nn.ema import EMAWeightsMixin
 from vqzoo.nn.transformer import Transformer, resolve_transformer_size
 from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learning_rates, spec
@@ -163,7 +164,7 @@ def classifier_free_guidance(logits: Tensor, n: int, scale: float | None) -> Ten
 # ---------------------------------------------------------------------------
 
 
-class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule, metaclass=abc.ABCMeta):
+class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, ValueCheckSchedule, L.LightningModule, metaclass=abc.ABCMeta):
     """Base class of the token priors.
 
     Args:
@@ -244,10 +245,7 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
     ) -> None:
         super().__init__()
         self._init_weight_ema(ema_decay, ema_eval)
-        if check_values_every is not None and (isinstance(check_values_every, bool) or check_values_every < 1):
-            raise ValueError(f"check_values_every must be an integer >= 1 or None, got {check_values_every!r}")
-        self.check_values_every = check_values_every
-        self._training_batches = 0
+        self.init_value_checks(check_values_every)
         self.compile_modules = bool(compile)
         self.n_layer, self.n_head, self.n_embd = resolve_transformer_size(preset, n_layer, n_head, n_embd)
         for name, p in (("embd_pdrop", embd_pdrop), ("resid_pdrop", resid_pdrop), ("attn_pdrop", attn_pdrop)):
@@ -277,18 +275,6 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
         self._nonfinite_oks: list[Tensor] = []
         # Bypass nn.Module registration on purpose (see the module docstring).
         object.__setattr__(self, "_frozen_tokenizer", None)
-        self._value_checks_done = False  # per process: the first training batch's values are checked
-
-    def values_check_due(self) -> bool:
-        """Whether input values (id ranges) are checked now: outside training, and on the first training batch.
-
-        Shapes and dtypes are checked on every call; values only at the door,
-        because reading them back would stall the GPU on every training step.
-        """
-        if not self.training or not self._value_checks_done:
-            return True
-        every = self.check_values_every
-        return every is not None and self._training_batches % every == 0
 
     def build_trunk(self, max_len: int, causal: bool) -> Transformer:
         """The transformer trunk of the configured size and dropouts."""
@@ -477,8 +463,7 @@ class Prior(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule,
         loss, logs = self.compute_loss(pb)
         if guarded:
             self._nonfinite_oks.append(self.nonfinite_flag(loss))
-        self._value_checks_done = True
-        self._training_batches += 1
+        self.value_check_batch_done()
         bs = pb.tokens.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in logs.items():

@@ -58,13 +58,14 @@ from vqzoo.data.batch import as_batch
 from vqzoo.io import make_grid, save_png
 from vqzoo.losses.adversarial import AdversarialLoss
 from vqzoo.metrics.codebook import CodebookUsage
+from vqzoo.nn.door import ValueCheckSchedule
 from vqzoo.nn.ema import EMAWeightsMixin
 from vqzoo.nn.nonfinite import NonFiniteGuard, NonFiniteLossError  # noqa: F401 - NonFiniteLossError re-exported
 from vqzoo.optim import OPTIMIZER_ARGS, as_callable, build_schedule, scale_learning_rates, spec
 from vqzoo.quantize import Quantizer, QuantizerOutput
 
 
-class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningModule, abc.ABC):
+class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, ValueCheckSchedule, L.LightningModule, abc.ABC):
     """Shared base of every image tokenizer.
 
     Args:
@@ -202,11 +203,7 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
             raise ValueError(f"max_generator_steps must be >= 1 or None, got {max_generator_steps}")
         self.max_generator_steps = max_generator_steps
         self.check_inputs = check_inputs
-        self._value_checks_done = False  # per process: the first training batch's values are checked
-        if check_values_every is not None and (isinstance(check_values_every, bool) or check_values_every < 1):
-            raise ValueError(f"check_values_every must be an integer >= 1 or None, got {check_values_every!r}")
-        self.check_values_every = check_values_every
-        self._training_door_calls = 0
+        self.init_value_checks(check_values_every)
         self.num_val_images = num_val_images
         self.compile_modules = bool(compile)
         # The buffer carries the count in checkpoints; the host-side mirror is what the loop
@@ -326,14 +323,8 @@ class Tokenizer(CheckpointHooks, NonFiniteGuard, EMAWeightsMixin, L.LightningMod
     def _check_door(self, x: Tensor) -> None:
         if not self.check_inputs:
             return
-        values = not self.training or not self._value_checks_done
-        if self.training:
-            every = self.check_values_every
-            values = values or (every is not None and self._training_door_calls % every == 0)
-            self._training_door_calls += 1
-        self.check_images(x, values=values)
-        if self.training:
-            self._value_checks_done = True
+        self.check_images(x, values=self.values_check_due())
+        self.value_check_batch_done()
 
     def forward(self, x: Tensor) -> tuple[Tensor, QuantizerOutput]:
         """Reconstruct ``x``: encode, quantize, (training: latent_transform), decode."""
