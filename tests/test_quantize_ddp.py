@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from two_ranks import run_on_two_ranks
 
 from vqzoo.metrics.codebook import CodebookUsage
 from vqzoo.quantize import DeadCodeReset, GradientMagnitudeReset, VectorQuantizer
@@ -80,11 +80,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 
 def test_two_process_codebooks_stay_identical_and_match_single_process() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_worker, args=(2, init_file, tmp), nprocs=2, join=True)
-        r0 = torch.load(os.path.join(tmp, "rank0.pt"))
-        r1 = torch.load(os.path.join(tmp, "rank1.pt"))
+    r0, r1 = run_on_two_ranks(_worker)
 
     # bit-identical on both ranks after EMA steps and random resets
     assert torch.equal(r0["ema_reset"], r1["ema_reset"])

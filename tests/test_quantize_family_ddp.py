@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from two_ranks import run_on_two_ranks
 
 from vqzoo.quantize import LookupFreeQuantizer, ResidualQuantizer, VectorQuantizer
 
@@ -74,11 +74,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 
 def test_lfq_and_rvq_stay_bit_identical_across_two_ranks() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_worker, args=(2, init_file, tmp), nprocs=2, join=True)
-        r0 = torch.load(os.path.join(tmp, "rank0.pt"))
-        r1 = torch.load(os.path.join(tmp, "rank1.pt"))
+    r0, r1 = run_on_two_ranks(_worker)
 
     for key in r0["lfq"]:
         assert torch.equal(r0["lfq"][key], r1["lfq"][key]), key
