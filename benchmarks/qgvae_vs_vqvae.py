@@ -254,6 +254,10 @@ class CurveRun:
         plot(result, out.with_suffix(".png"))
 
 
+DATASET_NAMES = {"fashion_mnist_idx": "Fashion-MNIST", "fashion_mnist": "Fashion-MNIST", "mnist5k": "MNIST (the 5,000 offline digits)",
+                 "mnist": "MNIST"}
+
+
 def markdown(result: dict[str, Any]) -> str:
     p = result["protocol"]
     names = list(result["curves"])
@@ -262,7 +266,8 @@ def markdown(result: dict[str, Any]) -> str:
               "NOT finished: stopped at " + ", ".join(f"{n} step {s}" for n, s in reached.items())
               + f" of {p['steps']}; no claim is made beyond the steps reached")
     rows = [
-        "# QG-VAE vs VQ-VAE on Fashion-MNIST 32x32 (CPU): learning curves",
+        f"# QG-VAE vs VQ-VAE on {DATASET_NAMES.get(p.get('source'), p.get('source') or 'Fashion-MNIST')} 32x32 "
+        f"({'GPU' if p['hardware'].startswith('GPU') else 'CPU'}): learning curves",
         "",
         f"Run status: {status}.",
         "",
@@ -277,8 +282,9 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for n, s in result["models"].items():
         rows.append(f"| {n} | {s['tokens']} | {s['network_parameters']:,} | {s['codebook_parameters']:,} |")
-    rows += ["", "| step | " + " | ".join(f"{n} PSNR | {n} SSIM | {n} usage" for n in names) + " | PSNR QG - VQ |",
-             "|---" * (1 + 3 * len(names) + 1) + "|"]
+    pair = len(names) == 2
+    rows += ["", "| step | " + " | ".join(f"{n} PSNR | {n} SSIM | {n} usage" for n in names)
+             + (" | PSNR QG - VQ |" if pair else " |"), "|---" * (1 + 3 * len(names) + pair) + "|"]
     by_step: dict[int, dict[str, dict]] = {}
     for n in names:
         for r in result["curves"][n]:
@@ -289,13 +295,19 @@ def markdown(result: dict[str, Any]) -> str:
             r = by_step[step].get(n)
             cells.append(f"{r['psnr']:.2f} | {r['ssim']:.4f} | {r['codebook_usage']:.3f} ({r['codes_used']}/{r['codes_total']})"
                          if r else " | | ")
-        both = all(n in by_step[step] for n in names)
-        diff = f"{by_step[step][names[0]]['psnr'] - by_step[step][names[1]]['psnr']:+.2f}" if both else ""
-        rows.append(f"| {step} | " + " | ".join(cells) + f" | {diff} |")
-    over = overtaking_step(result)
-    rows += ["", ("QG-VAE's PSNR is above the VQ-VAE's from step "
-                  f"{over} on (at every later evaluation)." if over is not None else
-                  "QG-VAE's PSNR does not overtake the VQ-VAE's at any evaluated step."), ""]
+        if pair:
+            both = all(n in by_step[step] for n in names)
+            diff = f"{by_step[step][names[0]]['psnr'] - by_step[step][names[1]]['psnr']:+.2f}" if both else ""
+            rows.append(f"| {step} | " + " | ".join(cells) + f" | {diff} |")
+        else:
+            rows.append(f"| {step} | " + " | ".join(cells) + " |")
+    if pair:
+        over = overtaking_step(result)
+        rows += ["", ("QG-VAE's PSNR is above the VQ-VAE's from step "
+                      f"{over} on (at every later evaluation)." if over is not None else
+                      "QG-VAE's PSNR does not overtake the VQ-VAE's at any evaluated step."), ""]
+    if p.get("qg_overrides"):
+        rows += ["", f"QG-VAE overrides of the config: {json.dumps(p['qg_overrides'])}.", ""]
     if result.get("notes"):
         rows += ["## Reading", "", *result["notes"], ""]
     rows += [
@@ -338,7 +350,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend()
     p = result["protocol"]
-    fig.suptitle(f"Fashion-MNIST 32x32, 64 tokens x 7 bits, batch {p['batch_size']}, seed {p['seed']}"
+    fig.suptitle(f"{DATASET_NAMES.get(p.get('source'), p.get('source') or 'Fashion-MNIST')} 32x32, 64 tokens x 7 bits, "
+                 f"batch {p['batch_size']}, seed {p['seed']}"
                  + ("" if p["finished"] else f" (stopped at {p['steps_reached']})"), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -393,6 +406,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accelerator", choices=["cpu", "gpu", "auto"])
     parser.add_argument("--precision", help="Lightning precision, e.g. 32-true or bf16-mixed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=EVAL_NAMES, default=None,
+                        help="train one of the two models (ablations of the QG-VAE)")
+    parser.add_argument("--set", dest="qg_set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one QG-VAE model argument (YAML value), e.g. --set max_channels=64")
     parser.add_argument("--stop-at", type=lambda s: datetime.datetime.fromisoformat(s).astimezone(datetime.timezone.utc),
                         default=None, help="UTC time (ISO 8601, e.g. 2026-11-30T13:00+00:00): after the round of "
                         "evaluations that ends past it, stop and keep the partial curves")
@@ -403,6 +420,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.out is None:
         args.out = RESULTS / ("qgvae_vs_vqvae.json" if preset == "cpu" else f"qgvae_vs_vqvae_{preset}.json")
     args.qg_config = Path(args.qg_config) if Path(args.qg_config).is_absolute() else ROOT / args.qg_config
+    import yaml
+
+    args.qg_overrides = {}
+    for item in args.qg_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        args.qg_overrides[key] = yaml.safe_load(value)
     return args
 
 
@@ -412,7 +437,7 @@ def build_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
 
     common = dict(optimizer=spec("torch.optim.AdamW", lr=args.lr, betas=(0.9, 0.999), weight_decay=0.01))
     torch.manual_seed(args.seed)
-    qg = build_qgvae(common, args.qg_config)
+    qg = build_qgvae({**common, **getattr(args, "qg_overrides", {})}, args.qg_config)
     K, D = qg.quantizer.num_codes, qg.quantizer.dim
     target = network_parameters(qg)
     # network parameters grow monotonically with ch: bisect on even widths
@@ -427,7 +452,9 @@ def build_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
     torch.manual_seed(args.seed)
     vq = build_vqvae(best_ch, common, K, D)
     vq.benchmark_ch = best_ch  # type: ignore[attr-defined]
-    return {"QG-VAE": qg, "VQ-VAE": vq}
+    models = {"QG-VAE": qg, "VQ-VAE": vq}
+    only = getattr(args, "only", None)
+    return {only: models[only]} if only else models
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -445,8 +472,9 @@ def main(argv: list[str] | None = None) -> None:
         dm.setup("fit")
         return dm
 
-    models = build_models(args)
-    qg, vq = models["QG-VAE"], models["VQ-VAE"]
+    pair = build_models(argparse.Namespace(**{**vars(args), "only": None}))
+    models = {args.only: pair[args.only]} if args.only else pair
+    qg, vq = pair["QG-VAE"], pair["VQ-VAE"]
     best_ch = vq.benchmark_ch
     K, D = qg.quantizer.num_codes, qg.quantizer.dim
 
@@ -467,12 +495,13 @@ def main(argv: list[str] | None = None) -> None:
     gpu = torch.cuda.get_device_name(0) if args.accelerator != "cpu" and torch.cuda.is_available() else None
     protocol = {
         "preset": args.preset,
+        "source": args.source,
         "data": f"ImageDataModule source {args.source!r}"
         + (f" (root {args.data_root})" if args.data_root else "")
         + ", resized to 32x32 (bilinear, antialiased), 1 channel, [-1, 1]; train split minus a seeded 10% "
         "validation hold-out; evaluation on the first eval_images images of the test split",
         "qgvae": f"model of {args.qg_config.relative_to(ROOT) if args.qg_config.is_relative_to(ROOT) else args.qg_config} "
-        f"({static['QG-VAE']['tokens']} tokens, D {D}, K {K} per token; see that file; no ordered dropout "
+        f"({int(math.prod(qg.token_shape))} tokens, D {D}, K {K} per token; see that file; no ordered dropout "
         "unless it sets one)",
         "vqvae": f"vqzoo VQGAN with perceptual_weight 0 and no adversarial loss: ch {best_ch}, ch_mult [1, 2, 2], "
         f"1 res block, no attention, z_channels {D}, one codebook K {K} x D {D} (init U(-1/K, 1/K)); MSE, "
@@ -490,6 +519,8 @@ def main(argv: list[str] | None = None) -> None:
         "precision": args.precision,
         "eval_images": args.eval_images,
         "stop_at": args.stop_at.isoformat() if args.stop_at else None,
+        "only": args.only,
+        "qg_overrides": args.qg_overrides,
         "json": str(args.out),
         "metrics": "PSNR per image on [0, 1] (reconstruction clamped), averaged; SSIM torchmetrics "
         "(gaussian 11x11, sigma 1.5, data_range 1); codebook usage = used (codebook, code) pairs / all "

@@ -1,8 +1,9 @@
 """Quantizer forward + backward: vqzoo vs vector-quantize-pytorch, side by side on CPU.
 
 Both quantizers see the same (1, N, D) float32 input with ``requires_grad``,
-and the timed step is forward + backward of ``loss + mean(quantized²)`` (the
-second term stands in for a decoder's gradient). Feature sets:
+and the timed step is forward + backward of ``loss`` and of ``quantized`` with
+a fixed random upstream gradient (what a decoder would send back; computing
+it is the decoder's work, not the quantizer's). Feature sets:
 
 * ``ema_dead_code``: EMA codebook updates + dead-code replacement checked every
   step (vqzoo ``DeadCodeReset(every=1)``, peer ``threshold_ema_dead_code=1``).
@@ -44,14 +45,17 @@ def interleaved(fns: dict, repeats: int, warmup: int = 2, device: torch.device |
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     interleaved.last_times = times  # type: ignore[attr-defined]
+    interleaved.last_cpu = cpu  # type: ignore[attr-defined]
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -72,16 +76,16 @@ def peer(feature: str, K: int, D: int):  # noqa: ANN201
     )
 
 
-def step_ours(vq: VectorQuantizer, z: torch.Tensor) -> None:
+def step_ours(vq: VectorQuantizer, z: torch.Tensor, upstream: torch.Tensor) -> None:
     out = vq(z)
-    (out.loss + out.quantized.square().mean()).backward()
+    torch.autograd.backward([out.loss, out.quantized], [None, upstream])
     vq.after_backward()
     vq.after_step()
 
 
-def step_peer(vq, z: torch.Tensor) -> None:  # noqa: ANN001
+def step_peer(vq, z: torch.Tensor, upstream: torch.Tensor) -> None:  # noqa: ANN001
     quantized, _, loss = vq(z)
-    (loss.sum() + quantized.square().mean()).backward()
+    torch.autograd.backward([loss.sum(), quantized], [None, upstream])
 
 
 def main() -> None:
@@ -92,11 +96,15 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                     help="bf16 = the input in bfloat16 under autocast (vqzoo quantizes in float32 regardless)")
     ap.add_argument("--quick", action="store_true", help="small shapes, 2 repeats: a smoke run")
+    ap.add_argument("--shape", action="append", default=None, metavar="N,D,K",
+                    help="time only this shape (repeatable; default: the benchmark's shapes)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quantizer_speed.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sizes = [(512, 32, 128), (1024, 16, 512)] if args.quick else SIZES
+    if args.shape:
+        sizes = [tuple(int(v) for v in shape.split(",")) for shape in args.shape]
     if args.quick:
         args.repeats = 2
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -126,32 +134,39 @@ def main() -> None:
 
         for feature in ("ema_dead_code", "grad_ortho"):
             z = torch.randn(1, N, D, device=device, dtype=dtype, requires_grad=True)
+            upstream = torch.randn(1, N, D, device=device, dtype=dtype) / (N * D)
             torch.manual_seed(0)
             vq = ours(feature, K, D).to(device).train()
-            fns = {"floor": floor_fn, "vqzoo": lambda: step_ours(vq, z)}
+            fns = {"floor": floor_fn, "vqzoo": lambda: step_ours(vq, z, upstream)}
             if have_peer:
                 torch.manual_seed(0)
                 pv = peer(feature, K, D).to(device).train()
-                fns["peer"] = lambda: step_peer(pv, z)
+                fns["peer"] = lambda: step_peer(pv, z, upstream)
             with autocast:
                 t = interleaved(fns, args.repeats, device=device)
             raw = interleaved.last_times  # type: ignore[attr-defined]
             over_floor = [a / b for a, b in zip(raw["vqzoo"], raw["floor"])]
+            cpu = interleaved.last_cpu  # type: ignore[attr-defined]
+            cpu_over_floor = [a / b for a, b in zip(cpu["vqzoo"], cpu["floor"])]
             row = {
                 "N": N, "D": D, "K": K, "feature": feature, "vqzoo_ms": 1e3 * t["vqzoo"],
                 "floor_ms": 1e3 * t["floor"], "vqzoo_over_floor": t["vqzoo"] / t["floor"],
                 "vqzoo_over_floor_per_round": [min(over_floor), max(over_floor)],
+                "cpu_time_vqzoo_over_floor": statistics.median(cpu["vqzoo"]) / statistics.median(cpu["floor"]),
+                "cpu_time_vqzoo_over_floor_per_round": [min(cpu_over_floor), max(cpu_over_floor)],
             }
             if have_peer:
                 vs_peer = [a / b for a, b in zip(raw["peer"], raw["vqzoo"])]
                 row["speedup_vs_peer_per_round"] = [min(vs_peer), max(vs_peer)]
             if have_peer:
-                row.update({"peer_ms": 1e3 * t["peer"], "speedup_vs_peer": t["peer"] / t["vqzoo"]})
+                row.update({"peer_ms": 1e3 * t["peer"], "speedup_vs_peer": t["peer"] / t["vqzoo"],
+                            "cpu_time_speedup_vs_peer": statistics.median(cpu["peer"]) / statistics.median(cpu["vqzoo"])})
             rows.append(row)
             print(
                 f"N={N:6d} D={D:4d} K={K:5d} {feature:14s} vqzoo {row['vqzoo_ms']:8.1f} ms  "
                 + (f"peer {row['peer_ms']:8.1f} ms  speedup {row['speedup_vs_peer']:5.2f}x  " if have_peer else "")
-                + f"floor {row['floor_ms']:7.1f} ms  vqzoo/floor {row['vqzoo_over_floor']:4.2f}"
+                + f"floor {row['floor_ms']:7.1f} ms  vqzoo/floor {row['vqzoo_over_floor']:4.2f} "
+                f"(CPU time {row['cpu_time_vqzoo_over_floor']:4.2f}, rounds {min(cpu_over_floor):.2f}-{max(cpu_over_floor):.2f})"
             )
     result = {
         "benchmark": "quantizer forward+backward",
@@ -163,7 +178,8 @@ def main() -> None:
         "torch": torch.__version__,
         "peer": f"vector-quantize-pytorch {peer_version}" if have_peer else None,
         "repeats": args.repeats,
-        "statistic": "median seconds per step, reported in ms",
+        "statistic": "median seconds per step, reported in ms (wall); cpu_time_* = the same from process CPU time, "
+        "which one thread makes nearly immune to other processes on a shared machine",
         "rows": rows,
     }
     out = Path(args.out)

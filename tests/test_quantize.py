@@ -41,8 +41,32 @@ def test_chunked_search_equals_one_shot() -> None:
     x = torch.randn(1, 1000, 8)
     full = cb.nearest(x)
     cb.max_chunk_bytes = 4 * 64 * 7  # seven rows per chunk
-    assert cb._rows_per_chunk() == 7
+    assert cb._rows_per_chunk(x.device) == 7
     assert torch.equal(cb.nearest(x), full)
+
+
+def test_cpu_chunks_stay_near_cache_size() -> None:
+    from vqzoo.quantize.codebook import CPU_CHUNK_BYTES
+
+    cb = Codebook(8192, 4, init="normal")
+    assert cb._rows_per_chunk(torch.device("cpu")) == CPU_CHUNK_BYTES // (4 * 8192)
+    assert cb._rows_per_chunk(torch.device("meta")) == cb.max_chunk_bytes // (4 * 8192)
+
+
+@pytest.mark.parametrize("K", [1024, 544, 100, 512])
+def test_blocked_argmin_is_torch_argmin_with_ties(K: int) -> None:
+    from vqzoo.quantize.codebook import argmin_last
+
+    torch.manual_seed(K)
+    # small integers: many exact ties, inside one block and across blocks
+    scores = torch.randint(0, 6, (3, 37, K)).float()
+    assert torch.equal(argmin_last(scores), scores.argmin(-1))
+    scores = torch.randn(200, K)
+    scores[:, -1] = -10.0  # the minimum in the last block
+    scores[::2, 40] = -10.0  # tie with an earlier block: the first index wins
+    expected = scores.argmin(-1)
+    assert torch.equal(argmin_last(scores), expected)
+    assert expected[0] == 40 and expected[1] == K - 1
 
 
 def test_cosine_search_picks_largest_cosine() -> None:
@@ -188,6 +212,27 @@ def test_orthogonal_regularizer_matches_float64_gram(K: int, D: int) -> None:
     gram = e @ e.transpose(1, 2)
     ref = (((gram - torch.eye(K, dtype=torch.float64)) ** 2).sum((1, 2)) / K**2).mean() * 10
     assert math.isclose(OrthogonalRegularizer(10.0)(codes).item(), ref.item(), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("K,D", [(6, 16), (40, 8)])
+def test_orthogonal_regularizer_gradient_matches_float64_gram(K: int, D: int) -> None:
+    # the K > D path has a hand-written backward (4 e (eᵀe − I)); both paths must give
+    # the gradient of the plain K x K formula
+    torch.manual_seed(10)
+    codes = torch.randn(2, K, D, requires_grad=True)
+    OrthogonalRegularizer(10.0)(codes).backward()
+    ref_codes = codes.detach().double().requires_grad_(True)
+    e = torch.nn.functional.normalize(ref_codes, dim=-1)
+    gram = e @ e.transpose(1, 2)
+    ((((gram - torch.eye(K, dtype=torch.float64)) ** 2).sum((1, 2)) / K**2).mean() * 10).backward()
+    assert torch.allclose(codes.grad.double(), ref_codes.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_gram_frobenius_backward_passes_gradcheck() -> None:
+    from vqzoo.quantize.regularizers import _GramFrobenius
+
+    e = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_GramFrobenius.apply, (e,))
 
 
 def test_orthogonal_regularizer_subset_and_presence_in_loss() -> None:
@@ -454,9 +499,19 @@ def test_bad_construction_raises(kwargs, match) -> None:  # noqa: ANN001
         VectorQuantizer(**kwargs)
 
 
-def test_sum_rows_and_lookup_gradient_match_index_add() -> None:
+@pytest.mark.parametrize("threads", [1, 2])  # index_add_ on one thread, sorted segments on several
+def test_sum_rows_and_lookup_gradient_match_index_add(threads: int) -> None:
     from vqzoo.quantize.codebook import sum_rows
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_sum_rows(sum_rows)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_sum_rows(sum_rows) -> None:  # noqa: ANN001
     torch.manual_seed(20)
     index = torch.randint(0, 50, (300,))
     index[index == 7] = 8  # row 7 receives nothing

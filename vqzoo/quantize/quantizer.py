@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqzoo.quantize.base import Layout, Quantizer, QuantizerOutput, straight_through
+from vqzoo.quantize.base import Layout, Quantizer, QuantizerOutput
 from vqzoo.quantize.codebook import Codebook, Distance, Init, Parameterization, Update
 from vqzoo.quantize.regularizers import OrthogonalRegularizer
 from vqzoo.quantize.resets import CodebookReset
@@ -46,28 +46,40 @@ Gradient = Literal["straight_through", "rotation"]
 
 
 class _VQLoss(torch.autograd.Function):
-    """``(mean((x − e)²)`` as the commitment and codebook terms, computed once.
+    """``mean((x − e)²)`` as the commitment and codebook terms, computed once, and the
+    straight-through output.
 
-    Forward returns the shared value twice; backward sends
-    ``g_commit · 2(x − e)/n`` to x only and ``g_codebook · 2(e − x)/n`` to e
-    only, which is exactly the gradient of ``mse(x, sg(e))`` and
-    ``mse(sg(x), e)`` without two passes over the features.
+    Forward returns ``(quantized, commitment, codebook)``: ``quantized`` is ``e`` bit
+    for bit (so ``lookup(indices)`` reproduces it exactly) and the two loss values are
+    the shared mean square. Backward sends ``g_q + g_commit · 2(x − e)/n`` to x (the
+    identity of the straight-through estimator plus the commitment gradient, in one
+    pass) and ``g_codebook · 2(e − x)/n`` to e, exactly the gradients of
+    ``mse(x, sg(e))``, ``mse(sg(x), e)`` and ``x + sg(e − x)``. With ``straight=False``
+    (the rotation trick) ``quantized`` is not produced and gets no gradient.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    def forward(ctx, x: torch.Tensor, e: torch.Tensor, straight: bool) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
         diff = x - e
-        value = diff.pow(2).mean()
+        flat = diff.reshape(-1)
+        value = torch.dot(flat, flat) / flat.numel()  # one pass, no (x − e)² temporary
         ctx.save_for_backward(diff)
-        return value, value.clone()
+        quantized = e.detach().clone() if straight else e.new_empty(0)
+        return quantized, value, value.clone()
 
     @staticmethod
-    def backward(ctx, g_commit: torch.Tensor, g_codebook: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
+    def backward(ctx, g_q: torch.Tensor, g_commit: torch.Tensor, g_codebook: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
         (diff,) = ctx.saved_tensors
         scale = 2.0 / diff.numel()
-        gx = diff * (g_commit * scale) if ctx.needs_input_grad[0] else None
-        ge = diff * (-g_codebook * scale) if ctx.needs_input_grad[1] else None
-        return gx, ge
+        gx = ge = None
+        if ctx.needs_input_grad[0]:
+            if g_q is not None and g_q.numel() == diff.numel():
+                gx = torch.addcmul(g_q.reshape(diff.shape), diff, g_commit * scale)
+            else:
+                gx = diff * (g_commit * scale)
+        if ctx.needs_input_grad[1]:
+            ge = diff * (-g_codebook * scale)
+        return gx, ge, None
 
 
 class _RotationTrick(torch.autograd.Function):
@@ -193,7 +205,8 @@ class VectorQuantizer(Quantizer):
         idx = codebook.nearest(x.detach(), codes)
         e = codebook.embed(idx, codes)
 
-        commitment, codebook_term = _VQLoss.apply(x, e)
+        straight = self.gradient != "rotation"
+        quantized, commitment, codebook_term = _VQLoss.apply(x, e, straight)
         losses = {"commitment": self.beta * commitment}
         if codebook.update == "gradient":
             losses["codebook"] = self.codebook_loss_weight * codebook_term
@@ -211,10 +224,8 @@ class VectorQuantizer(Quantizer):
 
         # The value is exactly e (so lookup(indices) reproduces it bit for bit); the
         # gradient is the identity or the rotation trick's, and never reaches the codes.
-        if self.gradient == "rotation":
+        if not straight:
             quantized = _RotationTrick.apply(x, e)
-        else:
-            quantized = straight_through(x, e)
         return QuantizerOutput(quantized=quantized, indices=idx, loss=loss, losses=losses)
 
     def lookup_vectors(self, codes: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,25 @@ from torch import nn
 from vqzoo.config import Configurable
 
 
+class _GramFrobenius(torch.autograd.Function):
+    """``‖eᵀe‖²_F − 2‖e‖²_F`` per group of ``e`` (G, K, D), with the gradient ``4 e (eᵀe − I)``.
+
+    Autograd through ``bmm`` would form two K·D² products in backward (one per operand);
+    the closed form needs one, with ``eᵀe`` kept from forward.
+    """
+
+    @staticmethod
+    def forward(ctx, e: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        small = torch.bmm(e.transpose(1, 2), e)  # (G, D, D)
+        ctx.save_for_backward(e, small)
+        return small.pow(2).sum((1, 2)) - 2.0 * e.pow(2).sum((1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        e, small = ctx.saved_tensors
+        return (4.0 * grad).view(-1, 1, 1) * (torch.bmm(e, small) - e)
+
+
 class OrthogonalRegularizer(Configurable, nn.Module):
     """Orthogonality of the L2-normalised codes (TE-VQGAN paper, eq. 5).
 
@@ -60,6 +79,5 @@ class OrthogonalRegularizer(Configurable, nn.Module):
                 eye = torch.eye(K, device=e.device, dtype=e.dtype)
                 frob = (gram - eye).pow(2).sum((1, 2))
             else:
-                small = torch.bmm(e.transpose(1, 2), e)  # (G, D, D)
-                frob = small.pow(2).sum((1, 2)) - 2.0 * e.pow(2).sum((1, 2)) + K
+                frob = _GramFrobenius.apply(e) + K
             return self.weight * (frob / (K * K)).mean()

@@ -106,9 +106,17 @@ class DeadCodeReset(CodebookReset):
 
     @torch.no_grad()
     def observe(self, codebook: Codebook, x: torch.Tensor, indices: torch.Tensor) -> None:
+        # Candidates are only read by the reset the coming step applies: other steps draw
+        # nothing (decided from the host-side step count, so without a sync).
+        if self._step_host is None:  # after a load: read the buffer once
+            self._step_host = int(self.step)
+        if (self._step_host + 1) % self.every != 0:
+            return
         G, N, D = x.shape
         K = codebook.num_codes
-        if N >= K:
+        if G == 1 and N >= K:
+            pick = torch.randperm(N, device=x.device)[:K].unsqueeze(0)
+        elif N >= K:
             pick = torch.rand(G, N, device=x.device).argsort(dim=1)[:, :K]
         else:
             pick = torch.randint(0, N, (G, K), device=x.device)
