@@ -226,6 +226,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="several seeds (encoder init, codebooks, batch order): every model is trained once per "
+                   "seed, exported, and measured by `vqzoo evaluate`; the tables give mean ± std over seeds")
+    p.add_argument("--feature-extractor", default="none",
+                   help="with --seeds: vqzoo evaluate's --feature-extractor (default none: PSNR/SSIM/usage; "
+                   "'classifier:DIR' adds a cFID)")
+    p.add_argument("--export-dir", default=None,
+                   help="with --seeds: where the trained models are exported (default: a temporary directory)")
     p.add_argument("--data-root", default=DEFAULT_FASHION_MNIST_ROOT)
     p.add_argument("--models", nargs="+", default=["vqgan", "movq_m1", "movq_m4"],
                    choices=["vqgan", "movq_m1", "movq_m4"])
@@ -247,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n".join(PAPER_COMMANDS))
         return {"preset": "paper", "commands": PAPER_COMMANDS}
     torch.set_num_threads(args.threads)
+    if args.seeds:
+        return main_seeds(args)
 
     train_images = torch.from_numpy(load_idx(args.data_root, "train")[0].copy())
     test_images = torch.from_numpy(load_idx(args.data_root, "t10k")[0][: args.eval_images].copy())
@@ -282,6 +292,146 @@ def main(argv: list[str] | None = None) -> dict:
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
     return result
+
+
+LABELS = {"vqgan": ("VQGAN", "GroupNorm", "1 x 16-d"), "movq_m1": ("MoVQ M=1", "SpatialNorm(zq)", "1 x 16-d"),
+          "movq_m4": ("MoVQ M=4", "SpatialNorm(zq)", "4 x 4-d")}
+#: metrics of a `vqzoo evaluate` tokenizer report carried into the seed table
+EVAL_KEYS = ("psnr", "ssim", "codebook_usage", "perplexity")
+
+
+def data_yaml(args: argparse.Namespace, path: Path) -> Path:
+    """The evaluation data for `vqzoo evaluate`: the Fashion-MNIST test split as this script's to_images makes it."""
+    import yaml
+
+    cfg = {"data": {"class_path": "vqzoo.data.images.ImageDataModule", "init_args": {
+        "source": "fashion_mnist_idx", "root": args.data_root, "resolution": 32, "channels": 1, "crop": "none",
+        "batch_size": 100, "num_workers": 0}}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def evaluate_export(model: Tokenizer, name: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
+    """Export the model and measure it with `vqzoo evaluate` (PSNR, SSIM, codebook statistics, optional cFID)."""
+    from vqzoo.checkpoint import export_model
+    from vqzoo.cli.evaluate import _parser, run
+
+    export = export_model(model.cpu(), workdir / f"{name}_seed{seed}")
+    report = run(_parser().parse_args([
+        "--model", str(export), "--data", str(data_yaml(args, workdir / "data.yaml")),
+        "--num-images", str(args.eval_images), "--feature-extractor", args.feature_extractor, "--lpips", "off",
+        "--out", str(workdir / f"{name}_seed{seed}_report.json"),
+    ]))
+    return report
+
+
+def _metric(report: dict, key: str) -> float | None:
+    for section in ("metrics", "reconstruction", "codebook"):
+        block = report.get(section)
+        if isinstance(block, dict) and isinstance(block.get(key), (int, float)):
+            return float(block[key])
+    value = report.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def main_seeds(args: argparse.Namespace) -> dict:
+    import statistics
+    import tempfile
+
+    train_images = torch.from_numpy(load_idx(args.data_root, "train")[0].copy())
+    test_images = torch.from_numpy(load_idx(args.data_root, "t10k")[0][: args.eval_images].copy())
+    workdir = Path(args.export_dir or tempfile.mkdtemp(prefix="movq_vs_vqgan_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    cpu0, wall0 = time.process_time(), time.time()
+    runs: dict[str, dict[int, dict]] = {name: {} for name in args.models}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        args.seed = seed
+        torch.manual_seed(seed)
+        encoder_state = Encoder(in_channels=1, ch=args.ch, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                attn_resolutions=(8,), resolution=32, z_channels=WIDTH).state_dict()
+        for name in args.models:
+            print(f"seed {seed}: training {name} for {args.steps} steps", flush=True)
+            model = build(name, args, encoder_state)
+            r = train(model, train_images, args)
+            r.update({f"script_{k}": v for k, v in evaluate(model, test_images, args).items()})
+            report = evaluate_export(model, name, seed, args, workdir)
+            r["evaluate"] = {k: _metric(report, k) for k in EVAL_KEYS}
+            r["evaluate_report"] = report
+            r["params"] = sum(t.numel() for t in model.parameters())
+            runs[name][seed] = r
+            print(f"  {name} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in r["evaluate"].items() if v is not None),
+                  flush=True)
+            result = seeds_result(args, runs, cpu0, wall0)
+            out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+            out.with_suffix(".md").write_text(seeds_markdown(result))
+    print(seeds_markdown(result))
+    return result
+
+
+def seeds_result(args: argparse.Namespace, runs: dict, cpu0: float, wall0: float) -> dict:
+    import statistics
+
+    summary = {}
+    for name, by_seed in runs.items():
+        summary[name] = {}
+        for key in EVAL_KEYS + ("distinct_position_codes",):
+            values = [r["evaluate"].get(key) if key in EVAL_KEYS else r[f"script_{key}"] for r in by_seed.values()]
+            values = [v for v in values if v is not None]
+            if values:
+                summary[name][key] = {"mean": statistics.fmean(values),
+                                      "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                                      "values": values}
+    return {
+        "benchmark": "movq_vs_vqgan (seeds, vqzoo evaluate)",
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "verbose", "seed")},
+        "seeds_done": {name: sorted(by_seed) for name, by_seed in runs.items()},
+        "summary": summary,
+        "runs": {name: {str(s): r for s, r in by_seed.items()} for name, by_seed in runs.items()},
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "gpu": torch.cuda.get_device_name(0) if torch.device(args.device).type == "cuda" else None,
+        "torch": torch.__version__,
+        "total_cpu_s": time.process_time() - cpu0,
+        "total_wall_s": time.time() - wall0,
+    }
+
+
+def seeds_markdown(result: dict) -> str:
+    cfg = result["config"]
+    lines = [
+        "# MoVQ vs VQGAN decoder on Fashion-MNIST, several seeds, measured by `vqzoo evaluate`",
+        "",
+        f"32x32 images -> 8x8 grid, K = {cfg['num_codes']} codes, quantized width {WIDTH}, "
+        f"{cfg['steps']} steps x batch {cfg['batch_size']}, Adam lr {cfg['lr']}, loss MSE + VQ (β 0.25), "
+        f"encoder ch {cfg['ch']} with identical initial weights within a seed; seeds {cfg['seeds']} (encoder and "
+        f"codebook init, batch order). Each trained model is exported and measured by `vqzoo evaluate` on the "
+        f"first {cfg['eval_images']} Fashion-MNIST test images (feature extractor: {cfg['feature_extractor']}). "
+        "Mean ± sample std over the seeds done.",
+        "",
+        "| model | decoder norms | codes/position | seeds | PSNR (dB) | SSIM | codebook usage | perplexity "
+        "| distinct position codes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(stats: dict | None, fmt: str) -> str:
+        return "n/a" if not stats else f"{stats['mean']:{fmt}} ± {stats['std']:{fmt}}"
+
+    for name, summary in result["summary"].items():
+        label, norms, codes = LABELS[name]
+        lines.append(
+            f"| {label} | {norms} | {codes} | {len(result['seeds_done'][name])} | {cell(summary.get('psnr'), '.2f')} "
+            f"| {cell(summary.get('ssim'), '.4f')} | {cell(summary.get('codebook_usage'), '.3f')} "
+            f"| {cell(summary.get('perplexity'), '.1f')} | {cell(summary.get('distinct_position_codes'), '.0f')} |"
+        )
+    lines += ["", "Per seed (PSNR dB):", ""]
+    for name, by_seed in result["runs"].items():
+        lines.append(f"- {LABELS[name][0]}: " + ", ".join(
+            f"seed {s}: {r['evaluate']['psnr']:.2f}" for s, r in by_seed.items() if r["evaluate"].get("psnr") is not None))
+    lines += ["", f"Machine: {result['machine']}{'; GPU ' + result['gpu'] if result.get('gpu') else ''}; torch "
+              f"{result['torch']}; {cfg.get('threads', 1)} thread(s), precision {cfg.get('precision', 'fp32')}. "
+              f"Total CPU time {result['total_cpu_s']:.0f} s, wall {result['total_wall_s']:.0f} s.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
