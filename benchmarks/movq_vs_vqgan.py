@@ -159,31 +159,39 @@ def evaluate(model: Tokenizer, test_images: torch.Tensor, args: argparse.Namespa
             "distinct_position_codes": len(tuples)}
 
 
+def setting(cfg: dict) -> str:
+    """The shared part of both tables' protocol line."""
+    return (f"32x32 images -> 8x8 grid, K = {cfg['num_codes']} codes, quantized width {WIDTH}, "
+            f"{cfg['steps']} steps x batch {cfg['batch_size']}, Adam lr {cfg['lr']}, loss MSE + VQ (β 0.25), "
+            f"encoder ch {cfg['ch']} with identical initial weights")
+
+
+def machine_line(result: dict) -> str:
+    cfg = result["config"]
+    return (f"Machine: {result['machine']}{'; GPU ' + result['gpu'] if result.get('gpu') else ''}; "
+            f"torch {result['torch']}; {cfg.get('threads', 1)} thread(s), precision {cfg.get('precision', 'fp32')}. "
+            f"Total CPU time {result['total_cpu_s']:.0f} s, wall {result['total_wall_s']:.0f} s.")
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
     lines = [
         "# MoVQ vs VQGAN decoder on Fashion-MNIST (CPU, reduced scale)",
         "",
-        f"32x32 images -> 8x8 grid, K = {cfg['num_codes']} codes, quantized width {WIDTH}, "
-        f"{cfg['steps']} steps x batch {cfg['batch_size']}, Adam lr {cfg['lr']}, loss MSE + VQ (β 0.25), "
-        f"encoder ch {cfg['ch']} with identical initial weights; eval on the first {cfg['eval_images']} test images.",
+        f"{setting(cfg)}; eval on the first {cfg['eval_images']} test images.",
         "",
         "| model | decoder norms | codes/position | PSNR (dB) | SSIM | codebook usage | perplexity "
         "| distinct position codes | params | train CPU s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    labels = {"vqgan": ("VQGAN", "GroupNorm", "1 x 16-d"), "movq_m1": ("MoVQ M=1", "SpatialNorm(zq)", "1 x 16-d"),
-              "movq_m4": ("MoVQ M=4", "SpatialNorm(zq)", "4 x 4-d")}
     for name, r in result["models"].items():
-        label, norms, codes = labels[name]
+        label, norms, codes = LABELS[name]
         lines.append(
             f"| {label} | {norms} | {codes} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['codebook_usage']:.3f} "
             f"({r['codes_used']}) | {r['perplexity']:.1f} | {r['distinct_position_codes']} | {r['params']:,} "
             f"| {r['train_cpu_s']:.0f} |"
         )
-    lines += ["", f"Machine: {result['machine']}{'; GPU ' + result['gpu'] if result.get('gpu') else ''}; "
-              f"torch {result['torch']}; {cfg.get('threads', 1)} thread(s), precision {cfg.get('precision', 'fp32')}. "
-              f"Total CPU time {result['total_cpu_s']:.0f} s, wall {result['total_wall_s']:.0f} s.", ""]
+    lines += ["", machine_line(result), ""]
     return "\n".join(lines)
 
 
@@ -402,9 +410,7 @@ def seeds_markdown(result: dict) -> str:
     lines = [
         "# MoVQ vs VQGAN decoder on Fashion-MNIST, several seeds, measured by `vqzoo evaluate`",
         "",
-        f"32x32 images -> 8x8 grid, K = {cfg['num_codes']} codes, quantized width {WIDTH}, "
-        f"{cfg['steps']} steps x batch {cfg['batch_size']}, Adam lr {cfg['lr']}, loss MSE + VQ (β 0.25), "
-        f"encoder ch {cfg['ch']} with identical initial weights within a seed; seeds {cfg['seeds']} (encoder and "
+        f"{setting(cfg)} within a seed; seeds {cfg['seeds']} (encoder and "
         f"codebook init, batch order). Each trained model is exported and measured by `vqzoo evaluate` on the "
         f"first {cfg['eval_images']} Fashion-MNIST test images (feature extractor: {cfg['feature_extractor']}). "
         "Mean ± sample std over the seeds done.",
@@ -428,9 +434,7 @@ def seeds_markdown(result: dict) -> str:
     for name, by_seed in result["runs"].items():
         lines.append(f"- {LABELS[name][0]}: " + ", ".join(
             f"seed {s}: {r['evaluate']['psnr']:.2f}" for s, r in by_seed.items() if r["evaluate"].get("psnr") is not None))
-    lines += ["", f"Machine: {result['machine']}{'; GPU ' + result['gpu'] if result.get('gpu') else ''}; torch "
-              f"{result['torch']}; {cfg.get('threads', 1)} thread(s), precision {cfg.get('precision', 'fp32')}. "
-              f"Total CPU time {result['total_cpu_s']:.0f} s, wall {result['total_wall_s']:.0f} s.", ""]
+    lines += ["", machine_line(result), ""]
     return "\n".join(lines)
 
 

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared plot of qgvae_vs_vqvae.py
 
 
 def load(spec: str) -> tuple[str, dict[str, Any]]:
@@ -81,26 +84,9 @@ def markdown(variants: list[tuple[str, dict[str, Any]]], title: str) -> str:
 
 
 def plot(variants: list[tuple[str, dict[str, Any]]], path: Path, title: str) -> None:
-    import matplotlib
+    from qgvae_vs_vqvae import plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for label, res in variants:
-        c = curve(res)
-        steps = [r["step"] for r in c]
-        for ax, key in zip(axes, ("psnr", "ssim", "codebook_usage")):
-            ax.plot(steps, [r[key] for r in c], marker="o", ms=3, label=label)
-    for ax, name in zip(axes, ("PSNR (dB)", "SSIM", "codebook usage")):
-        ax.set_title(name)
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_curves({label: curve(res) for label, res in variants}, path, title)
 
 
 def main(argv: list[str] | None = None) -> None:

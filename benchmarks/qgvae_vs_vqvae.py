@@ -333,29 +333,35 @@ def overtaking_step(result: dict[str, Any]) -> int | None:
     return first
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
+def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """PSNR, SSIM and codebook usage against training steps, one line per curve (also used by qgvae_ablations.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for name, curve in result["curves"].items():
+    for name, curve in curves.items():
         steps = [r["step"] for r in curve]
         for ax, key in zip(axes, ("psnr", "ssim", "codebook_usage")):
             ax.plot(steps, [r[key] for r in curve], marker="o", ms=3, label=name)
-    for ax, title in zip(axes, ("PSNR (dB)", "SSIM", "codebook usage (fraction of all codes)")):
-        ax.set_title(title)
+    for ax, name in zip(axes, ("PSNR (dB)", "SSIM", "codebook usage (fraction of all codes)")):
+        ax.set_title(name)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    p = result["protocol"]
-    fig.suptitle(f"{DATASET_NAMES.get(p.get('source'), p.get('source') or 'Fashion-MNIST')} 32x32, 64 tokens x 7 bits, "
-                 f"batch {p['batch_size']}, seed {p['seed']}"
-                 + ("" if p["finished"] else f" (stopped at {p['steps_reached']})"), fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    p = result["protocol"]
+    plot_curves(result["curves"], path,
+                f"{DATASET_NAMES.get(p.get('source'), p.get('source') or 'Fashion-MNIST')} 32x32, 64 tokens x 7 bits, "
+                f"batch {p['batch_size']}, seed {p['seed']}"
+                + ("" if p["finished"] else f" (stopped at {p['steps_reached']})"))
 
 
 #: Presets: ``cpu`` is what the committed curves ran; ``gpu10`` and ``paper`` are for a GPU and
