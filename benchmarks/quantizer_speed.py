@@ -185,7 +185,38 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def markdown(result: dict) -> str:
+    """One table: vqzoo over the floor (wall and CPU time) and the speed-up over the peer, with per-round ranges."""
+    lines = [
+        "# VQ quantizer forward + backward: vqzoo vs its distance-matmul floor and vector-quantize-pytorch",
+        "",
+        f"{result['device']} ({result['device_name'] or result['machine']}), {result['dtype']}, {result['threads']} thread(s), torch "
+        f"{result['torch']}, peer {result['peer']}; {result['repeats']} rounds, the three contenders timed in rotation "
+        "within each round; medians, and the range of the per-round ratio in brackets. The floor is one "
+        "(N, D) x (D, K) distance `addmm`; the step is forward + backward with a fixed upstream gradient "
+        "(`benchmarks/quantizer_speed.py`).",
+        "",
+        "| N | D | K | features | vqzoo ms | floor ms | vqzoo / floor (wall) | vqzoo / floor (CPU time) | speed-up vs peer (wall) | speed-up vs peer (CPU time) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lo, hi = r["vqzoo_over_floor_per_round"]
+        clo, chi = r["cpu_time_vqzoo_over_floor_per_round"]
+        peer = (f"{r['speedup_vs_peer']:.2f}x ({r['speedup_vs_peer_per_round'][0]:.2f}-"
+                f"{r['speedup_vs_peer_per_round'][1]:.2f}) | {r['cpu_time_speedup_vs_peer']:.2f}x"
+                if "peer_ms" in r else "n/a | n/a")
+        lines.append(
+            f"| {r['N']} | {r['D']} | {r['K']} | {r['feature']} | {r['vqzoo_ms']:.1f} | {r['floor_ms']:.1f} "
+            f"| {r['vqzoo_over_floor']:.2f} ({lo:.2f}-{hi:.2f}) | {r['cpu_time_vqzoo_over_floor']:.2f} ({clo:.2f}-{chi:.2f}) "
+            f"| {peer} |"
+        )
+    lines += ["", "Features: `ema_dead_code` = EMA codebook + dead-code reset checked every step; `grad_ortho` = "
+              "gradient-trained codebook + orthogonal regularizer (weight 10).", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
