@@ -93,11 +93,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="+", metavar="LABEL=PATH", help="results JSON of each variant; first = baseline")
     ap.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    ap.add_argument("--notes", type=Path, default=None, help="a markdown file appended as the reading of the results")
     ap.add_argument("--title", default="QG-VAE ablations at the CPU scale (Fashion-MNIST 32x32, 64 tokens x 7 bits)")
     args = ap.parse_args(argv)
     variants = [load(v) for v in args.variants]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(markdown(variants, args.title))
+    text = markdown(variants, args.title)
+    if args.notes is not None:
+        text += "\n## Reading\n\n" + args.notes.read_text()
+    args.out.with_suffix(".md").write_text(text)
     plot(variants, args.out.with_suffix(".png"), args.title)
     print(args.out.with_suffix(".md").read_text())
 
