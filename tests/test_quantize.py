@@ -318,9 +318,11 @@ def test_dead_code_reset_moves_exactly_unused_codes() -> None:
     )
     z = torch.randn(1, 2, 6, 6) * 0.1  # every vector lands on code 0
     vq(z)
+    assert vq.reset._candidates is None  # no reset follows this step: no candidates drawn
     assert vq.after_step() == 0  # step 1 of 2: nothing happens
     before = vq.codebook.weight.detach().clone()
     vq(z)
+    assert vq.reset._candidates is not None
     moved = vq.after_step()
     after = vq.codebook.weight.detach()
     assert moved == 7

@@ -64,6 +64,7 @@ class _VQLoss(torch.autograd.Function):
         flat = diff.reshape(-1)
         value = torch.dot(flat, flat) / flat.numel()  # one pass, no (x − e)² temporary
         ctx.save_for_backward(diff)
+        ctx.straight = straight
         quantized = e.detach().clone() if straight else e.new_empty(0)
         return quantized, value, value.clone()
 
@@ -73,8 +74,8 @@ class _VQLoss(torch.autograd.Function):
         scale = 2.0 / diff.numel()
         gx = ge = None
         if ctx.needs_input_grad[0]:
-            if g_q is not None and g_q.numel() == diff.numel():
-                gx = torch.addcmul(g_q.reshape(diff.shape), diff, g_commit * scale)
+            if ctx.straight:  # autograd hands an unused output a zero gradient
+                gx = torch.addcmul(g_q, diff, g_commit * scale)
             else:
                 gx = diff * (g_commit * scale)
         if ctx.needs_input_grad[1]:

@@ -59,11 +59,16 @@ class CodebookReset(Configurable, nn.Module, abc.ABC):
     def after_backward(self, codebook: Codebook) -> None:
         """Called after each backward pass."""
 
+    def _steps_done(self) -> int:
+        """Optimizer steps counted so far, from the host mirror (after a load: the buffer, read once)."""
+        if self._step_host is None:
+            self._step_host = int(self.step)
+        return self._step_host
+
     @torch.no_grad()
     def after_step(self, codebook: Codebook) -> int:
         """Count one optimizer step; reset when due. Returns the number of codes moved."""
-        if self._step_host is None:  # after a load: read the buffer once
-            self._step_host = int(self.step)
+        self._step_host = self._steps_done()
         self.step += 1
         self._step_host += 1
         if self._step_host % self.every != 0:
@@ -108,9 +113,7 @@ class DeadCodeReset(CodebookReset):
     def observe(self, codebook: Codebook, x: torch.Tensor, indices: torch.Tensor) -> None:
         # Candidates are only read by the reset the coming step applies: other steps draw
         # nothing (decided from the host-side step count, so without a sync).
-        if self._step_host is None:  # after a load: read the buffer once
-            self._step_host = int(self.step)
-        if (self._step_host + 1) % self.every != 0:
+        if (self._steps_done() + 1) % self.every != 0:
             return
         G, N, D = x.shape
         K = codebook.num_codes
