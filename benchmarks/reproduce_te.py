@@ -66,6 +66,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    help="results path without suffix (default benchmarks/results/te_reproduction_SCALE)")
     p.add_argument("--reuse", action="store_true", help="load checkpoints/tokens an earlier run left in the work dir")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--shared-stage1", action="store_true",
+                   help="runs r > 0 reuse run 0's tokenizers (stage-1 seed 23); only the stage-2 seed 42+r varies")
+    p.add_argument("--probe-every", type=int, default=0,
+                   help="judge each stage-2 prior on seen pairs every N steps while it trains (0: never)")
+    p.add_argument("--probe-items", type=int, default=200, help="seen pairs per probe")
+    p.add_argument("--tokenizers", nargs="+", default=None, choices=list(runner.TOKENIZER_ORDER),
+                   help="only these tokenizers (e.g. one per process, sharing --work-dir)")
+    p.add_argument("--stage2-config", default=None,
+                   help="one stage-2 config (repository-relative) for every tokenizer instead of the scale's")
     p.add_argument("--render", type=Path, default=None,
                    help="only re-render the markdown of an existing results JSON (written beside it)")
     if preset is not None:
@@ -74,6 +83,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     a.setdefault("stage1_overrides", ())
     a.setdefault("stage2_overrides", ())
     a["stage1_overrides"], a["stage2_overrides"] = tuple(a["stage1_overrides"]), tuple(a["stage2_overrides"])
+    if a["tokenizers"] is not None:
+        a["tokenizers"] = tuple(a["tokenizers"])
     return Options(**a)
 
 

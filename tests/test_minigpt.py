@@ -217,6 +217,55 @@ def test_tiny_text_minigpt_learns_both_directions():
     assert torch.equal(got_txt[texts != 0], texts[texts != 0])  # positions after the caption are untrained
 
 
+def test_alternate_order_trains_one_direction_per_step_and_evaluates_both(monkeypatch):
+    """order="alternate" (the reference's --task alternate): t2i on even optimizer steps, i2t on odd
+    ones, each loss exactly the "both" model's per-direction loss; evaluation averages the two."""
+    V, Vt, L = 8, 6, 4
+    torch.manual_seed(0)
+    both = MiniGPT(vocab_size=V, token_shape=[6], condition="text", text_vocab_size=Vt, text_length=L, order="both", **TINY)
+    alt = MiniGPT(vocab_size=V, token_shape=[6], condition="text", text_vocab_size=Vt, text_length=L,
+                  order="alternate", **TINY)
+    alt.load_state_dict(both.state_dict())
+    img, text = torch.randint(0, V, (5, 6)), torch.tensor([[1, 2, 0, 0], [1, 3, 4, 0], [1, 5, 5, 2]] * 2)[:5]
+    batch = PriorBatch(img, None, text)
+    step = {"n": 0}
+    monkeypatch.setattr(MiniGPT, "global_step", property(lambda self: step["n"]))
+    both.eval()
+    ref_total, ref = both.compute_loss(batch)
+    alt.train()
+    for n, direction in ((0, "t2i"), (1, "i2t"), (2, "t2i")):
+        step["n"] = n
+        loss, logs = alt.compute_loss(batch)
+        assert set(logs) == {f"loss_image_{direction}", f"loss_text_{direction}", f"loss_{direction}"}
+        torch.testing.assert_close(loss, ref[f"loss_{direction}"])
+    alt.eval()
+    total, logs = alt.compute_loss(batch)
+    torch.testing.assert_close(total, ref_total)
+    torch.testing.assert_close(total, (ref["loss_t2i"] + ref["loss_i2t"]) / 2)
+    assert set(logs) == set(ref)
+
+
+def test_tiny_text_minigpt_learns_both_directions_when_alternating(monkeypatch):
+    V, Vt, L = 8, 6, 4
+    images = torch.tensor([[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], [0, 0, 7, 7, 0, 0], [7, 1, 7, 1, 7, 1]])
+    texts = torch.tensor([[1, 2, 0, 0], [1, 3, 4, 0], [1, 5, 5, 2], [1, 4, 0, 0]])
+    torch.manual_seed(0)
+    m = MiniGPT(vocab_size=V, token_shape=[6], condition="text", text_vocab_size=Vt, text_length=L,
+                order="alternate", **TINY)
+    step = {"n": 0}
+    monkeypatch.setattr(MiniGPT, "global_step", property(lambda self: step["n"]))
+
+    def batches(n):
+        step["n"] = n
+        i = torch.randint(0, 4, (16,))
+        return PriorBatch(images[i], None, texts[i])
+
+    _fit(m, batches, 400)
+    assert torch.equal(m.generate(4, texts, temperature=0.0), images)
+    got_txt = m.generate_text(images, temperature=0.0)
+    assert torch.equal(got_txt[texts != 0], texts[texts != 0])
+
+
 # ---------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------

@@ -132,7 +132,9 @@ def test_small_stage1_config_keeps_the_codebook_and_tokenizes_8x8(path):
 def test_stage2_configs_fit_their_tokenizers_and_vocabulary(path):
     cli = build(path)
     prior = cli.model
-    assert isinstance(prior, MiniGPT) and prior.condition == "text" and prior.order == "both"
+    # the long CPU config alternates the directions per optimizer step (the reference's --task alternate)
+    assert isinstance(prior, MiniGPT) and prior.condition == "text"
+    assert prior.order == ("alternate" if path.stem.endswith("_long") else "both")
     assert prior.text_vocab_size == VOCAB_SIZE and prior.text_length == MAX_CAPTION_LENGTH
     assert prior.text_pad_id == VOCAB.pad_id
     assert (prior.condition_loss_weight, prior.image_loss_weight) == (1.0, 7.0)
@@ -400,3 +402,51 @@ def test_reuse_needs_the_same_signature(rt, tmp_path):
     assert not repro.reusable(out, sig)
     with pytest.raises(ValueError, match="stage2-scale"):
         rt.Reproduction(rt.Options(scale="small", stage2_scale=0.0, work_dir=tmp_path))
+
+
+class DecodingRandomTokenizer(RandomTokenizer):
+    """RandomTokenizer that also decodes: 8x8 tokens -> a 3x32x32 image in [-1, 1]."""
+
+    def detokenize(self, idx: torch.Tensor) -> torch.Tensor:
+        img = (idx.float() / 63.5 - 1).repeat_interleave(4, 1).repeat_interleave(4, 2)
+        return img[:, None].expand(-1, 3, -1, -1)
+
+
+def test_seen_pair_probe_records_a_curve_and_leaves_training_unchanged(rt, tmp_path):
+    """Probing every step samples with its own generator, so the trained weights are bit-identical."""
+    from torch.utils.data import DataLoader
+
+    from vqzoo.tokenizers.encode import encode_tokens
+
+    dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_stage2_data.yaml",
+                             train_size=12, val_size=4, test_size=4)
+    dm.setup("fit")
+    for split in ("train", "test"):
+        encode_tokens(RandomTokenizer(), DataLoader(dm.datasets[split], batch_size=4), tmp_path / split)
+    seen = rt.collect_test_items(dm, batch_size=4, split="val")
+    overrides = ["--data.init_args.root", str(tmp_path / "train"), "--data.init_args.val_root", str(tmp_path / "test"),
+                 "--data.init_args.batch_size", "4", "--model.init_args.n_layer", "1", "--model.init_args.n_head", "1",
+                 "--model.init_args.n_embd", "16", "--model.init_args.warmup_steps", "1"]
+    probe = rt.SeenPairProbe(DecodingRandomTokenizer(), ColorOnlyClassifier(), seen, every=2, seed=3,
+                             device=torch.device("cpu"), batch_size=4, label="p")
+    probed, _, _ = rt.fit_config("configs/experiments/te_small_stage2.yaml", overrides, 7, tmp_path / "a", "a", "cpu",
+                                 [probe])
+    plain, _, _ = rt.fit_config("configs/experiments/te_small_stage2.yaml", overrides, 7, tmp_path / "b", "b", "cpu")
+    assert [p["step"] for p in probe.curve] == [2, 3]  # every 2 steps, plus the last of 3
+    for p in probe.curve:
+        assert set(p) == {"step", "seconds", "t2i/digit", "t2i/color", "i2t/digit", "i2t/color"}
+        assert all(0.0 <= p[k] <= 1.0 for k in p if "/" in k)
+    for (name, a), (_, b) in zip(probed.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="probe every"):
+        rt.SeenPairProbe(None, None, seen, every=0, seed=0, device=torch.device("cpu"), batch_size=4)
+
+
+def test_seen_curves_render_one_column_per_prior(rt):
+    curve = [{"step": 250, "t2i/digit": 0.25, "i2t/digit": 0.5}, {"step": 500, "t2i/digit": 0.75, "i2t/digit": 1.0}]
+    results = {"runs": [{"stage2": {"sc": {"training": {"seen_curve": curve, "seen_curve_items": 200}}}},
+                        {"stage2": {"sc": {"training": {"seen_curve": curve[:1]}}}}]}
+    text = "\n".join(rt.render_seen_curves(results))
+    assert "| step | SC (VQGAN) run 0 | SC (VQGAN) run 1 |" in text and "first 200 validation pairs" in text
+    assert "| 500 | 0.750 / 1.000 |  |" in text
+    assert rt.render_seen_curves({"runs": [{"stage2": {}}]}) == []

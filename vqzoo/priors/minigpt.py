@@ -49,9 +49,11 @@ modality the direction generates (the image in t2i, the text in i2t) and
 ``text_pad_id`` are ignored (the reference's ``ignore_index=[PAD]``); the text
 CE is the mean over non-pad targets. Class or unconditional models have only
 the image CE. ``order="both"`` averages the t2i and i2t losses of each batch
-(the reference alternates them with two optimizer steps per batch; one step
-on the mean costs one optimizer state update less and has the same
-expectation).
+(one optimizer step on the mean). ``order="alternate"`` is the reference's
+``--task alternate``: each optimizer step trains one direction, t2i on even
+and i2t on odd steps (the reference runs both on the same batch, i2t first,
+with two optimizer steps), so a step costs half of a ``"both"`` step and the
+same data gives twice the updates; evaluation averages both directions.
 
 Because pad targets are never trained, a generated caption is meaningful up
 to its end-of-sequence token; callers truncate there (vqzoo's caption
@@ -119,8 +121,9 @@ class MiniGPT(Prior):
         text_vocab_size: size of the text vocabulary (``condition="text"``).
         text_length: fixed (padded) caption length.
         text_pad_id: the text PAD id, ignored in the text loss.
-        order: ``"text_first"`` (t2i), ``"image_first"`` (i2t) or ``"both"``
-            (one model trained on both directions).
+        order: ``"text_first"`` (t2i), ``"image_first"`` (i2t), ``"both"``
+            (one model, both directions in every step) or ``"alternate"``
+            (one model, one direction per optimizer step; see module doc).
         condition_loss_weight: weight of the prefix modality's CE (see module doc).
         image_loss_weight: weight of the generated modality's CE (see module doc).
         preset, n_layer, n_head, n_embd, embd_pdrop, resid_pdrop, attn_pdrop
@@ -140,7 +143,7 @@ class MiniGPT(Prior):
         text_vocab_size: int = 0,
         text_length: int = 0,
         text_pad_id: int = 0,
-        order: Literal["text_first", "image_first", "both"] = "text_first",
+        order: Literal["text_first", "image_first", "both", "alternate"] = "text_first",
         condition_loss_weight: float = 1.0,
         image_loss_weight: float = 7.0,
         **kwargs: Any,
@@ -179,8 +182,10 @@ class MiniGPT(Prior):
                 )
             if not 0 <= text_pad_id < text_vocab_size:
                 raise ValueError(f"text_pad_id={text_pad_id} is outside [0, {text_vocab_size})")
-        if order not in ("text_first", "image_first", "both"):
-            raise ValueError(f"order must be 'text_first', 'image_first' or 'both', got {order!r}")
+        if order not in ("text_first", "image_first", "both", "alternate"):
+            raise ValueError(
+                f"order must be 'text_first', 'image_first', 'both' or 'alternate', got {order!r}"
+            )
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         if cond_drop_prob > 0 and condition != "class":
@@ -240,6 +245,7 @@ class MiniGPT(Prior):
             "text_first": ["t2i"],
             "image_first": ["i2t"],
             "both": ["t2i", "i2t"],
+            "alternate": ["t2i", "i2t"],
         }
         return by_order[self.order]
 
@@ -381,8 +387,12 @@ class MiniGPT(Prior):
         logs: dict[str, Tensor] = {}
         total = image.new_zeros((), dtype=torch.float32)
         directions = self._directions()
+        trained = directions
+        if self.order == "alternate" and self.training:
+            # global_step is a host-side count: choosing the direction needs no device sync
+            trained = [directions[self.global_step % 2]]
         wc, wi = self.condition_loss_weight, self.image_loss_weight
-        for direction in directions:
+        for direction in trained:
             out = self._forward(image, labels, text, direction)
             ce_img = F.cross_entropy(out.image.reshape(-1, self.vocab_size).float(), image.reshape(-1))
             suffix = "" if len(directions) == 1 else f"_{direction}"
@@ -399,7 +409,7 @@ class MiniGPT(Prior):
                 if len(directions) > 1:
                     logs[f"loss{suffix}"] = loss.detach()
             total = total + loss
-        return total / len(directions), logs
+        return total / len(trained), logs
 
     # -- sampling ------------------------------------------------------------------------------
 

@@ -369,7 +369,8 @@ _TRAINER_KEYS = (
 )
 
 
-def make_trainer(trainer_cfg: dict[str, Any], out_dir: Path, label: str, accelerator: str) -> Any:
+def make_trainer(trainer_cfg: dict[str, Any], out_dir: Path, label: str, accelerator: str,
+                 callbacks: Sequence[Any] = ()) -> Any:
     """A one-device Trainer with the config's schedule, a CSV logger in ``out_dir`` and no checkpoints."""
     from lightning.pytorch.loggers import CSVLogger
 
@@ -378,7 +379,7 @@ def make_trainer(trainer_cfg: dict[str, Any], out_dir: Path, label: str, acceler
         accelerator=accelerator,
         devices=1,
         logger=CSVLogger(str(out_dir), name="csv"),
-        callbacks=[ProgressPrinter(label)],
+        callbacks=[ProgressPrinter(label), *callbacks],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -389,13 +390,14 @@ def make_trainer(trainer_cfg: dict[str, Any], out_dir: Path, label: str, acceler
 
 
 def fit_config(
-    config: str, overrides: Sequence[str], seed: int, out_dir: Path, label: str, accelerator: str
+    config: str, overrides: Sequence[str], seed: int, out_dir: Path, label: str, accelerator: str,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Build model + datamodule from ``config`` and fit them; returns (model, datamodule, info)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cli = build_from_config(config, overrides, seed, accelerator)
     trainer_cfg = cli.config["trainer"].as_dict()
-    trainer = make_trainer(trainer_cfg, out_dir, label, accelerator)
+    trainer = make_trainer(trainer_cfg, out_dir, label, accelerator, callbacks)
     L.seed_everything(seed, workers=True)
     start = time.time()
     trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -548,6 +550,52 @@ def evaluate_prior(
     return out
 
 
+class SeenPairProbe(L.Callback):
+    """Judges the prior on seen (color, position) pairs every ``every`` optimizer steps while it trains.
+
+    The learning curve that tells whether a stage-2 prior has learned the task before it is judged
+    on held-out pairs. ``items`` are validation pairs (:func:`collect_test_items` with
+    ``split="val"``); each probe samples with the same rule and seed as the final evaluation, then
+    puts the prior back in training mode. ``curve`` holds one dict per probe.
+    """
+
+    def __init__(self, tokenizer: Any, classifier: Any, items: dict[str, Any], every: int, seed: int,
+                 device: torch.device, batch_size: int, label: str = "probe") -> None:
+        if every < 1:
+            raise ValueError(f"probe every must be >= 1 step, got {every}")
+        self.tokenizer, self.classifier, self.items = tokenizer, classifier, items
+        self.every, self.seed, self.device, self.batch_size, self.label = every, seed, device, batch_size, label
+        self.directions = ("t2i", "i2t") if classifier is not None else ("i2t",)
+        self.curve: list[dict[str, Any]] = []
+        self._start = time.time()
+
+    def probe(self, pl_module: Any, step: int) -> None:
+        was_training = pl_module.training
+        res = evaluate_prior(pl_module, self.tokenizer, self.classifier, self.items, self.seed, self.device,
+                             self.batch_size, self.directions)
+        pl_module.train(was_training)
+        point: dict[str, Any] = {"step": step, "seconds": round(time.time() - self._start, 1)}
+        for d in self.directions:
+            point[f"{d}/digit"] = res[d]["all/digit"]
+            point[f"{d}/color"] = res[d]["all/color"]
+        self.curve.append(point)
+        print(f"[{self.label}] step {step}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in point.items() if "/" in k), flush=True)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start = time.time()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = int(trainer.global_step)
+        if step % self.every == 0 and (not self.curve or self.curve[-1]["step"] != step):
+            self.probe(pl_module, step)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        step = int(trainer.global_step)
+        if not self.curve or self.curve[-1]["step"] != step:
+            self.probe(pl_module, step)
+
+
 @torch.no_grad()
 def reconstruction_oracle(tokenizer: Any, classifier: Any, items: dict[str, Any], device: torch.device,
                           batch_size: int) -> dict[str, float]:
@@ -591,6 +639,15 @@ class Options:
     stage2_overrides: tuple[str, ...] = ()
     #: the benchmarks/reproduce_te.py preset these options came from, if any
     preset: str | None = None
+    #: every run r > 0 reuses run 0's stage-1 tokenizers and tokens; only the stage-2 seed varies
+    shared_stage1: bool = False
+    #: judge each stage-2 prior on ``probe_items`` seen pairs every ``probe_every`` steps (0: never)
+    probe_every: int = 0
+    probe_items: int = 200
+    #: one stage-2 config for every tokenizer (and table 2) instead of the scale's
+    stage2_config: str | None = None
+    #: only these tokenizers (keys of TOKENIZER_ORDER); default SC and Ours (+ baselines)
+    tokenizers: tuple[str, ...] | None = None
 
 
 class Reproduction:
@@ -605,6 +662,9 @@ class Reproduction:
             )
         if opts.runs < 1:
             raise ValueError(f"--runs must be >= 1, got {opts.runs}")
+        if opts.probe_every < 0 or opts.probe_items < 1:
+            raise ValueError(f"--probe-every must be >= 0 and --probe-items >= 1, got {opts.probe_every}, "
+                             f"{opts.probe_items}")
         self.opts = opts
         self.spec = spec or SCALES[opts.scale]
         self.accelerator = trainer_accelerator(opts.accelerator or self.spec.accelerator)
@@ -614,6 +674,11 @@ class Reproduction:
         if self.out.suffix in (".md", ".json"):
             self.out = self.out.with_suffix("")
         self.keys = list(MAIN_KEYS) + (list(BASELINE_KEYS) if opts.all_baselines else [])
+        if opts.tokenizers:
+            unknown = [k for k in opts.tokenizers if k not in TOKENIZER_ORDER]
+            if unknown:
+                raise ValueError(f"unknown tokenizer(s) {unknown}; choose from {list(TOKENIZER_ORDER)}")
+            self.keys = [k for k in TOKENIZER_ORDER if k in opts.tokenizers]
         self.started = time.time()
         self.results: dict[str, Any] = {
             "paper": "Shin et al., Exploration into Translation-Equivariant Image Quantization, ICASSP 2023",
@@ -630,7 +695,8 @@ class Reproduction:
                 "torch": torch.__version__,
                 "python": platform.python_version(),
             },
-            "seeds": {"stage1": [23 + r for r in range(opts.runs)], "stage2": [42 + r for r in range(opts.runs)],
+            "seeds": {"stage1": [23] if opts.shared_stage1 else [23 + r for r in range(opts.runs)],
+                      "stage2": [42 + r for r in range(opts.runs)],
                       "classifier": None, "data": 0},
             "tokenizers": self.keys,
             "classifier": {},
@@ -820,11 +886,12 @@ class Reproduction:
             self.results["runs"][run]["table2"].setdefault(key, {})["train_pairs"] = n_reduced
         return dirs
 
-    def stage2_unit(self, key: str, run: int, dirs: dict[str, Path], reduced: bool) -> Any:
+    def stage2_unit(self, key: str, run: int, dirs: dict[str, Path], reduced: bool,
+                    tokenizer: Any = None, classifier: Any = None) -> Any:
         from vqzoo.checkpoint import load
         from vqzoo.priors.base import Prior
 
-        config = (self.spec.stage2_reduced if reduced else self.spec.stage2)[key]
+        config = self.opts.stage2_config or (self.spec.stage2_reduced if reduced else self.spec.stage2)[key]
         cfg = read_yaml(config)
         seed = 42 + run
         name = f"{key}_reduced" if reduced else key
@@ -846,7 +913,17 @@ class Reproduction:
             prior = load(out_dir / "model.ckpt", expected=Prior)
             info = {**signature, "checkpoint": str(out_dir / "model.ckpt"), "reused": True}
         else:
-            prior, _, info = fit_config(config, overrides, seed, out_dir, f"stage2 {name} run{run}", self.accelerator)
+            probes = []
+            if self.opts.probe_every and tokenizer is not None and not reduced:
+                items = self.seen_items()
+                items = {k: v[: self.opts.probe_items] for k, v in items.items()}
+                probes.append(SeenPairProbe(tokenizer, classifier, items, self.opts.probe_every, seed, self.device,
+                                            self.spec.eval_batch, label=f"seen {name} run{run}"))
+            prior, _, info = fit_config(config, overrides, seed, out_dir, f"stage2 {name} run{run}", self.accelerator,
+                                        probes)
+            if probes:
+                info["seen_curve"] = probes[0].curve
+                info["seen_curve_items"] = len(items["captions"])
             self.sign(out_dir, signature)
         info["notes"] = notes
         slot = self.results["runs"][run]["table2" if reduced else "stage2"].setdefault(key, {})
@@ -880,28 +957,46 @@ class Reproduction:
             self.results["hardware"]["torch_threads"] = torch.get_num_threads()
         self.work.mkdir(parents=True, exist_ok=True)
         classifier = self.unit("classifier", self.classifier_unit)
+        tokenizers: dict[str, Any] = {}
+        shared: dict[str, Any] = {}
         for run in range(self.opts.runs):
             for key in self.keys:
-                got = self.unit(f"stage1 {key} run{run}", lambda: self.stage1_unit(key, run))
+                if run and self.opts.shared_stage1:
+                    got = tokenizers.get(key)
+                    self.results["runs"][run]["stage1"][key] = {**self.results["runs"][0]["stage1"].get(key, {}),
+                                                                "shared_from_run": 0}
+                else:
+                    got = self.unit(f"stage1 {key} run{run}", lambda: self.stage1_unit(key, run))
+                    tokenizers[key] = got
                 if got is None:
                     for u in ("table3", "stage2", "eval"):
                         self.skip(f"{u} {key} run{run}", "stage 1 failed")
                     continue
                 tokenizer, dm = got
-                self.unit(f"table3 {key} run{run}", lambda: self.table3_unit(key, run, tokenizer, dm))
                 reduced = self.opts.table2 and key in self.spec.stage2_reduced
-                dirs = self.unit(f"encode {key} run{run}", lambda: self.encode_unit(key, run, tokenizer, reduced))
+                if run and self.opts.shared_stage1:
+                    dirs = shared[key]
+                    self.results["runs"][run]["stage2"].setdefault(key, {})["train_pairs"] = (
+                        self.results["runs"][0]["stage2"].get(key, {}).get("train_pairs"))
+                    if reduced:
+                        self.results["runs"][run]["table2"].setdefault(key, {})["train_pairs"] = (
+                            self.results["runs"][0]["table2"].get(key, {}).get("train_pairs"))
+                else:
+                    self.unit(f"table3 {key} run{run}", lambda: self.table3_unit(key, run, tokenizer, dm))
+                    dirs = self.unit(f"encode {key} run{run}", lambda: self.encode_unit(key, run, tokenizer, reduced))
+                    shared[key] = dirs
                 if dirs is None:
                     self.skip(f"stage2 {key} run{run}", "encoding failed")
                     continue
                 for red in (False, True) if reduced else (False,):
                     tag = f"{key}{'_reduced' if red else ''} run{run}"
-                    prior = self.unit(f"stage2 {tag}", lambda: self.stage2_unit(key, run, dirs, red))
+                    prior = self.unit(f"stage2 {tag}",
+                                      lambda: self.stage2_unit(key, run, dirs, red, tokenizer, classifier))
                     if prior is None:
                         self.skip(f"eval {tag}", "stage 2 failed")
                         continue
                     self.unit(f"eval {tag}", lambda: self.eval_unit(key, run, prior, tokenizer, classifier, red))
-            if self.opts.fashion:
+            if self.opts.fashion and not (run and self.opts.shared_stage1):
                 for key in MAIN_KEYS:
                     got = self.unit(f"stage1 {key}_fashion run{run}", lambda: self.stage1_unit(key, run, True))
                     if got is None:
@@ -1113,10 +1208,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                     lines.append(f"| {label} | {LABELS[key]}, paper | {paper['codes_used']} | {paper['l1']:.4f} | "
                                  f"{paper['perceptual']:.4f} | n/a |")
         lines.append("")
+    lines += render_seen_curves(results)
     trained = []
     for r, run in enumerate(results.get("runs", [])):
         for part, slot in (("stage 1", "stage1"), ("stage 1 Fashion", "fashion")):
             for key, info in run.get(slot, {}).items():
+                if info.get("shared_from_run") is not None:
+                    continue
                 trained.append((f"{part} {LABELS.get(key, key)} run {r}", {**info, "pairs": _train_images(info)}))
         for part, slot in (("stage 2", "stage2"), ("stage 2 table-2", "table2")):
             for key, entry in run.get(slot, {}).items():
@@ -1153,6 +1251,34 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"- skipped {s['unit']}: {s['reason']}" for s in skipped]
         lines.append("")
     return "\n".join(lines)
+
+
+def render_seen_curves(results: dict[str, Any]) -> list[str]:
+    """Markdown lines: each stage-2 prior's seen-pair accuracies over its training steps (``--probe-every``)."""
+    curves: dict[str, dict[int, dict[str, Any]]] = {}
+    items = None
+    for r, run in enumerate(results.get("runs", [])):
+        for key in TOKENIZER_ORDER:
+            info = (run.get("stage2", {}).get(key) or {}).get("training") or {}
+            if info.get("seen_curve"):
+                curves[f"{LABELS[key]} run {r}"] = {p["step"]: p for p in info["seen_curve"]}
+                items = info.get("seen_curve_items", items)
+    if not curves:
+        return []
+    steps = sorted({s for c in curves.values() for s in c})
+    lines = ["## Stage 2 learning curves on seen pairs", "",
+             f"Digit accuracy (text->image / image->text) on the first {items} validation pairs, whose "
+             "(color, position) pairs occur in training, measured while each prior trains, with the same "
+             "sampling rule as table 1.", "",
+             "| step | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+    for step in steps:
+        cells = []
+        for c in curves.values():
+            p = c.get(step)
+            cells.append("" if p is None else
+                         f"{p.get('t2i/digit', float('nan')):.3f} / {p.get('i2t/digit', float('nan')):.3f}")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _train_images(info: dict[str, Any]) -> int | None:
