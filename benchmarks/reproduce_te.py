@@ -10,6 +10,10 @@ Usage::
     PYTHONPATH=. python benchmarks/reproduce_te.py --scale paper --all-baselines --runs 3
     PYTHONPATH=. python benchmarks/reproduce_te.py --preset gpu10    # one 10-minute GPU run
     PYTHONPATH=. python benchmarks/reproduce_te.py --preset paper    # the paper's scale, 3 seeds
+    # one process per tokenizer (one per core), then one results file:
+    PYTHONPATH=. python benchmarks/reproduce_te.py --tokenizers sc --out /tmp/sc ... &
+    PYTHONPATH=. python benchmarks/reproduce_te.py --tokenizers ours --out /tmp/ours ...
+    PYTHONPATH=. python benchmarks/reproduce_te.py --merge /tmp/sc.json /tmp/ours.json --out RESULTS
 
 Presets set defaults that explicit flags still override (see :data:`PRESETS`). Neither has
 been run yet; the gpu10 sizes are an estimate for one 80 GB GPU.
@@ -88,7 +92,26 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     return Options(**a)
 
 
+def merge(paths: Sequence[str], out: Path) -> Path:
+    """Merge results JSONs written by one process per tokenizer (``--tokenizers``) into ``out``."""
+    import json
+
+    merged = runner.merge_results([json.loads(Path(p).read_text()) for p in paths])
+    out = out.with_suffix("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(merged, indent=2) + "\n")
+    out.with_suffix(".md").write_text(runner.render_markdown(merged))
+    return out.with_suffix(".md")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--merge"]:
+        if len(args) < 4 or "--out" not in args:
+            raise SystemExit("usage: reproduce_te.py --merge A.json B.json [...] --out RESULTS_PATH")
+        i = args.index("--out")
+        print(f"wrote {merge(args[1:i] + args[i + 2:], Path(args[i + 1]))}")
+        return 0
     opts = parse_args(argv)
     if opts.render is not None:
         print(f"wrote {rerender(opts.render)}")

@@ -450,3 +450,25 @@ def test_seen_curves_render_one_column_per_prior(rt):
     assert "| step | SC (VQGAN) run 0 | SC (VQGAN) run 1 |" in text and "first 200 validation pairs" in text
     assert "| 500 | 0.750 / 1.000 |  |" in text
     assert rt.render_seen_curves({"runs": [{"stage2": {}}]}) == []
+
+
+def test_merge_results_joins_one_process_per_tokenizer(rt):
+    def part(key, acc, started, elapsed):
+        run = {"stage1": {key: {"seed": 23}}, "table3": {}, "stage2": {key: {"eval": {"t2i": {"Quad1/digit": acc}}}},
+               "table2": {}, "fashion": {}}
+        return {"scale": "small", "seeds": {"stage2": [42]}, "tokenizers": [key], "runs": [run],
+                "timings_s": {f"stage2 {key} run0": elapsed}, "errors": [], "skipped": [], "notes": ["n"],
+                "command": f"--tokenizers {key}", "started": started, "finished": started, "elapsed_s": elapsed}
+
+    merged = rt.merge_results([part("ours", 0.5, "2026-01-02", 30.0), part("sc", 0.25, "2026-01-01", 20.0)])
+    assert merged["tokenizers"] == ["sc", "ours"] and merged["notes"] == ["n"]
+    assert merged["started"] == "2026-01-01" and merged["finished"] == "2026-01-02" and merged["elapsed_s"] == 30.0
+    assert merged["command"] == "--tokenizers ours && --tokenizers sc"
+    t2 = merged["tables"]["table2"]
+    assert t2["sc"]["full"]["mean"] == 0.25 and t2["ours"]["full"]["mean"] == 0.5
+    with pytest.raises(ValueError, match="more than one part"):
+        rt.merge_results([part("sc", 0.1, "a", 1.0), part("sc", 0.2, "b", 1.0)])
+    other = part("ours", 0.1, "a", 1.0)
+    other["seeds"] = {"stage2": [43]}
+    with pytest.raises(ValueError, match="different seeds"):
+        rt.merge_results([part("sc", 0.1, "a", 1.0), other])

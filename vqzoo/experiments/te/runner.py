@@ -1297,6 +1297,45 @@ def _minutes(seconds: Any) -> str:
     return "?" if seconds is None else f"{float(seconds) / 60:.1f} min"
 
 
+def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from runs of the same protocol split by ``--tokenizers`` (e.g. one process per core).
+
+    The parts must agree on the scale, the number of runs and the seeds; each tokenizer's units come
+    from the part that trained it. Commands are joined with " && ", elapsed is the longest part's
+    (they ran side by side), errors, skips and notes are concatenated.
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    base = json.loads(json.dumps(parts[0], default=_json_default))
+    for other in parts[1:]:
+        for field_ in ("scale", "seeds"):
+            if other.get(field_) != base.get(field_):
+                raise ValueError(f"cannot merge results with different {field_}: {base.get(field_)} vs {other.get(field_)}")
+        if len(other.get("runs", [])) != len(base.get("runs", [])):
+            raise ValueError(f"cannot merge {len(base['runs'])} runs with {len(other['runs'])}")
+        taken = set(base["tokenizers"])
+        clash = taken & set(other["tokenizers"])
+        if clash:
+            raise ValueError(f"tokenizers {sorted(clash)} are in more than one part")
+        base["tokenizers"] = [k for k in TOKENIZER_ORDER if k in taken | set(other["tokenizers"])]
+        for mine, theirs in zip(base["runs"], other["runs"]):
+            for slot, units in theirs.items():
+                mine.setdefault(slot, {}).update(units)
+        base["timings_s"].update(other.get("timings_s", {}))
+        for key in ("errors", "skipped", "notes"):
+            base[key] = base.get(key, []) + [x for x in other.get(key, []) if x not in base.get(key, [])]
+        base["command"] = f"{base.get('command', '')} && {other.get('command', '')}"
+        base["started"] = min(base.get("started") or "~", other.get("started") or "~")
+        if base.get("finished") and other.get("finished"):
+            base["finished"] = max(base["finished"], other["finished"])
+        else:
+            base.pop("finished", None)
+        base["elapsed_s"] = max(base.get("elapsed_s") or 0, other.get("elapsed_s") or 0)
+    base.setdefault("options", {})["tokenizers"] = base["tokenizers"]
+    base["tables"] = build_tables(base)
+    return base
+
+
 def rerender(json_path: Path) -> Path:
     """Rebuild the tables and the markdown of a results JSON (e.g. after a change of layout)."""
     results = json.loads(Path(json_path).read_text())
