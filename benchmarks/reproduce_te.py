@@ -92,6 +92,40 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     return Options(**a)
 
 
+def plot_seen_curves(results: dict, path: Path) -> bool:
+    """PNG of every stage-2 prior's seen-pair digit accuracy against its step (``--probe-every``)."""
+    curves = {}
+    for r, run in enumerate(results.get("runs", [])):
+        for key in runner.TOKENIZER_ORDER:
+            curve = ((run.get("stage2", {}).get(key) or {}).get("training") or {}).get("seen_curve")
+            if curve:
+                curves[(key, r)] = curve
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = {"sc": "tab:blue", "ours": "tab:red", "cb": "tab:green", "mp": "tab:purple", "mb": "tab:brown"}
+    for ax, d, title in ((axes[0], "t2i", "text -> image"), (axes[1], "i2t", "image -> text")):
+        for (key, r), curve in curves.items():
+            pts = [(p["step"], p[f"{d}/digit"]) for p in curve if f"{d}/digit" in p]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, color=colors.get(key), alpha=1.0 - 0.25 * r,
+                        label=f"{runner.LABELS[key]} seed {42 + r}")
+        ax.axhline(0.8, color="grey", ls="--", lw=0.8)
+        ax.axhline(0.1, color="grey", ls=":", lw=0.8)
+        ax.set(title=f"{title}: digit accuracy on seen pairs", xlabel="optimizer step", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def merge(paths: Sequence[str], out: Path) -> Path:
     """Merge results JSONs written by one process per tokenizer (``--tokenizers``) into ``out``."""
     import json
@@ -101,6 +135,7 @@ def merge(paths: Sequence[str], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(merged, indent=2) + "\n")
     out.with_suffix(".md").write_text(runner.render_markdown(merged))
+    plot_seen_curves(merged, out.with_suffix(".png"))
     return out.with_suffix(".md")
 
 

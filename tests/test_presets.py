@@ -39,6 +39,37 @@ def test_reproduce_te_gpu10_overrides_build_every_config() -> None:
         assert cli.datamodule.hparams.get("batch_size", getattr(cli.datamodule, "batch_size", None)) == 128
 
 
+def test_reproduce_te_long_protocol_flags_and_merge(tmp_path) -> None:
+    """The long CPU protocol's flags parse; --merge writes one results file and the seen-curve plot."""
+    import json
+
+    import reproduce_te
+
+    opts = reproduce_te.parse_args(["--tokenizers", "ours", "sc", "--shared-stage1", "--probe-every", "1000",
+                                    "--stage2-config", "configs/experiments/te_small_stage2_long.yaml"])
+    assert opts.tokenizers == ("ours", "sc") and opts.shared_stage1 and opts.probe_every == 1000
+    with pytest.raises(SystemExit):
+        reproduce_te.parse_args(["--tokenizers", "xx"])
+
+    def part(key):
+        curve = [{"step": 1000, "t2i/digit": 0.1, "i2t/digit": 0.2}, {"step": 2000, "t2i/digit": 0.3, "i2t/digit": 0.4}]
+        run = {"stage1": {}, "table3": {}, "table2": {}, "fashion": {},
+               "stage2": {key: {"training": {"seen_curve": curve, "seen_curve_items": 200}}}}
+        return {"scale": "small", "seeds": {"stage2": [42]}, "tokenizers": [key], "runs": [run], "timings_s": {},
+                "errors": [], "skipped": [], "notes": [], "command": key, "started": "s", "elapsed_s": 1.0}
+
+    paths = []
+    for key in ("sc", "ours"):
+        paths.append(tmp_path / f"{key}.json")
+        paths[-1].write_text(json.dumps(part(key)))
+    assert reproduce_te.main(["--merge", str(paths[0]), str(paths[1]), "--out", str(tmp_path / "all")]) == 0
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged["tokenizers"] == ["sc", "ours"]
+    md = (tmp_path / "all.md").read_text()
+    assert "| 2000 | 0.300 / 0.400 | 0.300 / 0.400 |" in md
+    assert (tmp_path / "all.png").stat().st_size > 1000
+
+
 def test_qgvae_benchmark_presets() -> None:
     import qgvae_vs_vqvae as bench
 

@@ -38,6 +38,14 @@ Scales:
   ``--budget-scale f`` multiplies every training length (train sizes, hence
   steps; the discriminator start and warm-up with them; classifier epochs, never
   above the config's); ``--stage2-scale g`` multiplies the stage-2 pairs only.
+* ``--stage2-config configs/experiments/te_small_stage2_long.yaml --stage2-scale 2.5``:
+  the small scale with a stage 2 that trains 15 times longer (9,372 optimizer steps,
+  ``order="alternate"``); ``--probe-every N`` records each prior's seen-pair accuracy
+  every N steps (:class:`SeenPairProbe`), so the report shows whether it learned before
+  it is judged on held-out pairs. ``--shared-stage1 --runs 3`` keeps one tokenizer per
+  method and repeats stage 2 with seeds 42, 43, 44; ``--tokenizers sc`` and ``--tokenizers
+  ours`` in two processes sharing ``--work-dir`` use both cores, and ``--merge`` (in
+  ``benchmarks/reproduce_te.py``) joins their results files.
 * ``--scale paper``: the paper-scale configs (configs/tokenizers/te_vqgan_*.yaml,
   configs/experiments/te_stage2_*.yaml), meant for a GPU. Training runs in this
   process on ONE device: a config written for ``devices: 2`` has its per-device
