@@ -116,3 +116,10 @@ def test_help_mentions_presets(script: str, capsys: pytest.CaptureFixture) -> No
     with pytest.raises(SystemExit):
         (module.parse_args if hasattr(module, "parse_args") else module.main)(["--help"])
     assert "--preset" in capsys.readouterr().out
+
+
+def test_te_sampling_diagnostic_names_the_missing_checkpoints(tmp_path) -> None:
+    import te_sampling_diagnostic
+
+    with pytest.raises(SystemExit, match=r"missing checkpoints .*classifier/model.ckpt.*run0/stage2/sc/model.ckpt"):
+        te_sampling_diagnostic.main(["--work-dir", str(tmp_path), "--keys", "sc", "--out", str(tmp_path / "x")])
