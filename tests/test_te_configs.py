@@ -237,6 +237,14 @@ def test_tables_average_runs_and_markdown_sits_beside_the_paper(rt):
     # seen pairs: mean over runs of the validation-split accuracies, beside nothing from the paper
     assert math.isclose(tables["table1"]["ours"]["seen/i2t/all/digit"]["mean"], 0.3)
     assert "| Ours (TE-VQGAN) | 0.300 (0.071) | 0.900 (0.000) | 0.300 (0.071) | 0.900 (0.000) |" in md
+    # a prior below the seen-pair bar (0.8) marks table 1 as not a result
+    assert "**Table 1 is not a result here**" in md and "Ours (TE-VQGAN) 0.300" in md
+    for run in res["runs"]:
+        for key in run["stage2"]:
+            for d in ("t2i", "i2t"):
+                run["stage2"][key]["eval_seen"][d]["all/digit"] = 0.85
+    res.pop("tables", None)
+    assert "not a result" not in rt.render_markdown(res)
 
 
 class LookupTokenizer(nn.Module):
