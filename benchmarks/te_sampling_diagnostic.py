@@ -28,19 +28,7 @@ import torch
 
 from vqzoo.checkpoint import load
 from vqzoo.experiments.te import runner
-from vqzoo.experiments.te.semantic import QuadrantClassifier, text_to_image_accuracy
-
-
-def judge(prior, tokenizer, classifier, items, temperature: float, seed: int, batch: int) -> dict:
-    k = runner.top_k_for(prior.vocab_size + prior.text_vocab_size, prior.vocab_size)
-    gen = torch.Generator().manual_seed(seed)
-    images = []
-    for s in range(0, items["text"].shape[0], batch):
-        text = items["text"][s : s + batch]
-        tokens = prior.generate(text.shape[0], condition=text, temperature=temperature,
-                                top_k=k if temperature > 0 else None, generator=gen)
-        images.append(tokenizer.detokenize(tokens).clamp(-1, 1).float())
-    return text_to_image_accuracy(torch.cat(images), items["captions"], classifier)
+from vqzoo.experiments.te.semantic import QuadrantClassifier
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         prior = load(a.work_dir / f"run{a.run}" / "stage2" / key / "model.ckpt").eval()
         for split, items in (("seen", seen), ("held-out", test)):
             for t in a.temperatures:
-                with torch.no_grad():
-                    res = judge(prior, tokenizer, classifier, items, t, 42 + a.run, spec.eval_batch)
+                res = runner.evaluate_prior(prior, tokenizer, classifier, items, 42 + a.run, torch.device("cpu"),
+                                            spec.eval_batch, ("t2i",), t2i_temperature=t)["t2i"]
                 rows.append({"key": key, "split": split, "temperature": t, **res})
                 print(f"[{key} {split} T={t}] digit {res['all/digit']:.3f} color {res['all/color']:.3f}", flush=True)
     result = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]), "work_dir": str(a.work_dir),

@@ -480,3 +480,23 @@ def test_merge_results_joins_one_process_per_tokenizer(rt):
     other["seeds"] = {"stage2": [43]}
     with pytest.raises(ValueError, match="different seeds"):
         rt.merge_results([part("sc", 0.1, "a", 1.0), other])
+
+
+def test_evaluate_prior_greedy_diagnostic_and_no_classifier(rt):
+    """t2i_temperature 0 decodes greedily without top-k; image->text needs no classifier, text->image does."""
+    dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_stage2_data.yaml",
+                             canvas_size=16, train_size=4, val_size=4, test_size=5)
+    items = rt.collect_test_items(dm, batch_size=5)
+    prior, tok = LookupPrior(items["text"]), LookupTokenizer(items["images"])
+    prior.vocab_size = 10  # joint top-k 6, as LookupPrior expects
+    calls = []
+    prior.generate = lambda n, condition, temperature, top_k, generator: (
+        calls.append((temperature, top_k)) or LookupPrior.generate(prior, n, condition, 1.0, 6, generator))
+    res = rt.evaluate_prior(prior, tok, ColorOnlyClassifier(), items, seed=0, device=torch.device("cpu"),
+                            batch_size=5, directions=("t2i",), t2i_temperature=0.0)
+    assert calls == [(0.0, None)] and res["t2i_top_k"] is None and res["t2i"]["all/color"] == 1.0
+    res = rt.evaluate_prior(prior, tok, None, items, seed=0, device=torch.device("cpu"), batch_size=5,
+                            directions=("i2t",))
+    assert res["i2t"]["all/digit"] == 1.0
+    with pytest.raises(ValueError, match="needs a classifier"):
+        rt.evaluate_prior(prior, tok, None, items, seed=0, device=torch.device("cpu"), batch_size=5)

@@ -522,14 +522,22 @@ def evaluate_prior(
     batch_size: int,
     directions: Sequence[str] = ("t2i", "i2t"),
     image_dir: Path | None = None,
+    t2i_temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Table-1 metrics of one prior: text->image (classifier) and image->text (parser) accuracies."""
+    """Table-1 metrics of one prior: text->image (classifier) and image->text (parser) accuracies.
+
+    ``t2i_temperature`` 1 with the joint top-k is the reference's rule (table 1); lower values keep
+    the top-k, 0 decodes greedily (diagnostics only, benchmarks/te_sampling_diagnostic.py).
+    """
     from vqzoo.experiments.te.captions import VOCAB
     from vqzoo.experiments.te.semantic import image_to_text_accuracy, text_to_image_accuracy
 
+    if "t2i" in directions and classifier is None:
+        raise ValueError("text->image accuracy needs a classifier; pass directions=('i2t',) without one")
     prior.to(device).eval()
     tokenizer.to(device).eval()
-    classifier.to(device).eval()
+    if classifier is not None:
+        classifier.to(device).eval()
     n = items["images"].shape[0]
     out: dict[str, Any] = {"num_test": n}
     gen = torch.Generator(device=device.type).manual_seed(seed)
@@ -538,11 +546,12 @@ def evaluate_prior(
         k = top_k_for(prior.vocab_size + prior.text_vocab_size, prior.vocab_size)
         for s in range(0, n, batch_size):
             text = items["text"][s : s + batch_size].to(device)
-            tokens = prior.generate(text.shape[0], condition=text, temperature=1.0, top_k=k, generator=gen)
+            tokens = prior.generate(text.shape[0], condition=text, temperature=t2i_temperature,
+                                    top_k=k if t2i_temperature > 0 else None, generator=gen)
             images.append(tokenizer.detokenize(tokens).clamp(-1, 1).float().cpu())
         generated = torch.cat(images)
         out["t2i"] = text_to_image_accuracy(generated, items["captions"], classifier)
-        out["t2i_top_k"] = k
+        out["t2i_top_k"] = k if t2i_temperature > 0 else None
         if image_dir is not None:
             save_grid(generated[:32], image_dir / "t2i_samples.png")
     if "i2t" in directions:
@@ -970,8 +979,9 @@ class Reproduction:
         tokenizers: dict[str, Any] = {}
         shared: dict[str, Any] = {}
         for run in range(self.opts.runs):
+            reuse_run0 = bool(run and self.opts.shared_stage1)
             for key in self.keys:
-                if run and self.opts.shared_stage1:
+                if reuse_run0:
                     got = tokenizers.get(key)
                     self.results["runs"][run]["stage1"][key] = {**self.results["runs"][0]["stage1"].get(key, {}),
                                                                 "shared_from_run": 0}
@@ -984,7 +994,7 @@ class Reproduction:
                     continue
                 tokenizer, dm = got
                 reduced = self.opts.table2 and key in self.spec.stage2_reduced
-                if run and self.opts.shared_stage1:
+                if reuse_run0:
                     dirs = shared[key]
                     self.results["runs"][run]["stage2"].setdefault(key, {})["train_pairs"] = (
                         self.results["runs"][0]["stage2"].get(key, {}).get("train_pairs"))
@@ -1006,7 +1016,7 @@ class Reproduction:
                         self.skip(f"eval {tag}", "stage 2 failed")
                         continue
                     self.unit(f"eval {tag}", lambda: self.eval_unit(key, run, prior, tokenizer, classifier, red))
-            if self.opts.fashion and not (run and self.opts.shared_stage1):
+            if self.opts.fashion and not reuse_run0:
                 for key in MAIN_KEYS:
                     got = self.unit(f"stage1 {key}_fashion run{run}", lambda: self.stage1_unit(key, run, True))
                     if got is None:
