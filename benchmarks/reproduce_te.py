@@ -79,6 +79,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                    help="only these tokenizers (e.g. one per process, sharing --work-dir)")
     p.add_argument("--stage2-config", default=None,
                    help="one stage-2 config (repository-relative) for every tokenizer instead of the scale's")
+    p.add_argument("--stage2-data", default=None,
+                   help="the stage-2 data config (repository-relative) instead of the scale's, e.g. short captions;"
+                        " its text length must match the stage-2 config's")
     p.add_argument("--render", type=Path, default=None,
                    help="only re-render the markdown of an existing results JSON (written beside it)")
     if preset is not None:

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=int, default=0, help="which run's prior (stage-2 seed 42 + run)")
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.5, 0.0], help="0 = greedy")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--stage2-data", default=None,
+                   help="the stage-2 data config the priors were trained on (default: the small scale's)")
     p.add_argument("--out", type=Path, required=True, help="results path without suffix")
     a = p.parse_args(argv)
     if a.threads:
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"missing checkpoints (run benchmarks/reproduce_te.py with --work-dir {a.work_dir} first): "
                          + ", ".join(missing))
     classifier = load(needed[0], expected=QuadrantClassifier).eval()
-    dm = runner.build_datamodule(spec.stage2_data)
+    dm = runner.build_datamodule(a.stage2_data or spec.stage2_data)
     test = runner.collect_test_items(dm, spec.eval_batch)
     seen = runner.collect_test_items(dm, spec.eval_batch, split="val", limit=test["images"].shape[0])
     start = time.time()
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load(a.work_dir / "run0" / "stage1" / key / "model.ckpt").eval()
         prior = load(a.work_dir / f"run{a.run}" / "stage2" / key / "model.ckpt").eval()
         for split, items in (("seen", seen), ("held-out", test)):
+            # The tokenizer's own reconstructions of the real images: the ceiling of any prior on its tokens.
+            oracle = runner.reconstruction_oracle(tokenizer, classifier, items, torch.device("cpu"), spec.eval_batch)
+            rows.append({"key": key, "split": split, "temperature": None, **oracle})
             for t in a.temperatures:
                 res = runner.evaluate_prior(prior, tokenizer, classifier, items, 42 + a.run, torch.device("cpu"),
                                             spec.eval_batch, ("t2i",), t2i_temperature=t)["t2i"]
@@ -76,12 +81,14 @@ def main(argv: list[str] | None = None) -> int:
              f"`{a.work_dir}`; {result['items']} captions per split, one image each, judged by the same classifier "
              "as table 1. Temperature 1 with top-k over the joint vocabulary is the reference's rule and table 1's; "
              "lower temperatures (same top-k) and greedy decoding (temperature 0) are NOT the reference's rule: they "
-             "show what the prior's most likely tokens draw.", "",
+             "show what the prior's most likely tokens draw. The reconstruction rows judge the tokenizer's own "
+             "reconstructions of the real images: no prior on its tokens can score higher.", "",
              "| tokenizer | pairs | temperature | digit all | Quad1 | Quad2 | Quad3 | Quad4 | color all |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         quads = " | ".join(f"{r.get(f'{q}/digit', float('nan')):.3f}" for q in runner.QUADS)
-        temp = "greedy" if r["temperature"] == 0 else f"{r['temperature']:g}"
+        temp = ("reconstruction (ceiling)" if r["temperature"] is None
+                else "greedy" if r["temperature"] == 0 else f"{r['temperature']:g}")
         lines.append(f"| {runner.LABELS[r['key']]} | {r['split']} | {temp} | {r['all/digit']:.3f} | {quads} | "
                      f"{r['all/color']:.3f} |")
     a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

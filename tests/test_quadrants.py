@@ -12,12 +12,17 @@ from vqzoo.experiments.te.captions import (
     FASHION_ITEMS,
     LONGEST_CAPTION_WORDS,
     MAX_CAPTION_LENGTH,
+    SHORT_CAPTION_LENGTH,
     VOCAB,
     VOCAB_SIZE,
+    CaptionVocabulary,
     ParsedClause,
     Placement,
+    caption_length,
+    longest_caption_words,
     parse_caption,
     parse_clauses,
+    tokenize_text,
     write_caption,
 )
 from vqzoo.experiments.te.quadrants import (
@@ -145,6 +150,48 @@ def test_every_written_caption_parses_back(kind):
         if kind == "fashion":
             assert not set(words) & set(DIGIT_WORDS)
     assert 30 < longest <= LONGEST_CAPTION_WORDS
+
+
+@pytest.mark.parametrize("kind", ["digits", "fashion"])
+def test_short_captions_are_one_clause_per_quadrant_in_order(kind):
+    rng = np.random.default_rng(0)
+    layout = (Placement(0, 1, 3), Placement(3, 3, 5))
+    expected = {"digits": "upper left red 3, lower right blue 5.",
+                "fashion": "upper left red dress, lower right blue sandal."}[kind]
+    state = rng.bit_generator.state
+    assert write_caption(layout, kind, rng, "short") == expected
+    assert rng.bit_generator.state == state  # draws nothing: captions on or off leave the images alone
+    vocab = CaptionVocabulary(SHORT_CAPTION_LENGTH)
+    full = tuple(Placement(p, (p + 1) % 4, 9 - p) for p in range(4))
+    longest = write_caption(full, kind, rng, "short")
+    assert longest == ("upper left red 9, upper right green 8, lower left blue 7, lower right white 6."
+                       if kind == "digits" else
+                       "upper left red ankle-boot, upper right green bag, lower left blue sneaker, lower right white shirt.")
+    assert len(tokenize_text(longest)) == longest_caption_words("short") == 20
+    assert caption_length("short") == SHORT_CAPTION_LENGTH == 24 and caption_length("varied") == MAX_CAPTION_LENGTH
+    for _ in range(500):
+        n = int(rng.integers(1, 5))
+        lay = tuple(sorted(Placement(int(p), int(rng.integers(4)), int(rng.integers(10)))
+                           for p in rng.permutation(4)[:n]))
+        caption = write_caption(lay, kind, rng, "short")
+        assert parse_caption(caption) == lay
+        ids = vocab.encode(caption)
+        assert ids.shape == (24,) and vocab.decode(ids) == caption == VOCAB.decode(ids)
+
+
+def test_caption_style_and_length_are_checked():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="caption style"):
+        write_caption((Placement(0, 0, 0),), "digits", rng, "terse")
+    with pytest.raises(ValueError, match="longest short caption"):
+        CaptionVocabulary(21)
+    varied = write_caption(tuple(Placement(p, 0, 7) for p in range(4)), "digits", rng)
+    with pytest.raises(ValueError, match="fit in max_length 24"):
+        CaptionVocabulary(24).encode(varied)  # a 4-clause varied caption has at least 28 words
+    with pytest.raises(ValueError, match="text_length 24 cannot hold the longest varied caption"):
+        QuadrantsDataModule(canvas_size=32, with_captions=True, text_length=24)
+    with pytest.raises(ValueError, match="caption style"):
+        QuadrantsDataModule(canvas_size=32, with_captions=True, caption_style="terse")
 
 
 def test_captions_vary_syntactically():
@@ -276,6 +323,19 @@ def test_datamodule_batches():
         crowded.setup()
     with pytest.raises(ValueError, match="canvas_size"):
         QuadrantsDataModule(canvas_size=31)
+
+
+def test_short_caption_datamodule_draws_the_same_images():
+    kw = dict(canvas_size=32, train_size=32, val_size=8, test_size=8, with_captions=True, batch_size=8)
+    varied, short = QuadrantsDataModule(**kw), QuadrantsDataModule(caption_style="short", **kw)
+    assert short.vocabulary.max_length == SHORT_CAPTION_LENGTH and varied.vocabulary is VOCAB
+    for split in ("train", "test"):
+        a = next(iter(varied._loader(split, shuffle=False)))
+        b = next(iter(short._loader(split, shuffle=False)))
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["layout"], b["layout"])
+        assert b["text"].shape == (8, SHORT_CAPTION_LENGTH)
+        assert [parse_caption(c) for c in a["captions"]] == [parse_caption(c) for c in b["captions"]]
+        assert all(c != d for c, d in zip(a["captions"], b["captions"]))
 
 
 def test_fashion_captions_name_items():

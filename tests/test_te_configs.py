@@ -14,7 +14,7 @@ from torch import nn
 
 from vqzoo.cli import VQZooCLI
 from vqzoo.experiments.te import runner
-from vqzoo.experiments.te.captions import MAX_CAPTION_LENGTH, VOCAB, VOCAB_SIZE
+from vqzoo.experiments.te.captions import MAX_CAPTION_LENGTH, SHORT_CAPTION_LENGTH, VOCAB, VOCAB_SIZE
 from vqzoo.experiments.te.quadrants import QuadrantsDataModule
 from vqzoo.priors import MiniGPT
 from vqzoo.quantize import OrthogonalRegularizer
@@ -132,10 +132,14 @@ def test_small_stage1_config_keeps_the_codebook_and_tokenizes_8x8(path):
 def test_stage2_configs_fit_their_tokenizers_and_vocabulary(path):
     cli = build(path)
     prior = cli.model
-    # the long CPU config alternates the directions per optimizer step (the reference's --task alternate)
+    # the long CPU configs alternate the directions per optimizer step (the reference's --task alternate)
     assert isinstance(prior, MiniGPT) and prior.condition == "text"
-    assert prior.order == ("alternate" if path.stem.endswith("_long") else "both")
-    assert prior.text_vocab_size == VOCAB_SIZE and prior.text_length == MAX_CAPTION_LENGTH
+    long = path.stem.endswith(("_long", "_short"))
+    assert prior.order == ("alternate" if long else "both")
+    # the short-caption config reads te_small_stage2_data_short.yaml's 24-token captions
+    short = path.stem.endswith("_short")
+    assert prior.text_vocab_size == VOCAB_SIZE
+    assert prior.text_length == (SHORT_CAPTION_LENGTH if short else MAX_CAPTION_LENGTH)
     assert prior.text_pad_id == VOCAB.pad_id
     assert (prior.condition_loss_weight, prior.image_loss_weight) == (1.0, 7.0)
     cfg = yaml.safe_load(path.read_text())
@@ -158,11 +162,16 @@ def test_stage2_configs_fit_their_tokenizers_and_vocabulary(path):
         assert cfg["trainer"]["max_epochs"] == 20 and cfg["data"]["init_args"]["batch_size"] == 100
 
 
-@pytest.mark.parametrize("name", ["te_stage2_data", "te_stage2_data_100k", "te_small_stage2_data"])
+@pytest.mark.parametrize("name", ["te_stage2_data", "te_stage2_data_100k", "te_small_stage2_data",
+                                  "te_small_stage2_data_short"])
 def test_stage2_data_configs_describe_captioned_quadrants(rt, name):
     dm = rt.build_datamodule(ROOT / "configs" / "experiments" / f"{name}.yaml")
     assert isinstance(dm, QuadrantsDataModule) and dm.hparams.with_captions and not dm.datasets
-    expected = {"te_stage2_data": (64, 300_000), "te_stage2_data_100k": (64, 100_000), "te_small_stage2_data": (32, 20_000)}
+    expected = {"te_stage2_data": (64, 300_000), "te_stage2_data_100k": (64, 100_000),
+                "te_small_stage2_data": (32, 20_000), "te_small_stage2_data_short": (32, 20_000)}
+    short = name.endswith("_short")
+    assert dm.hparams.caption_style == ("short" if short else "varied")
+    assert dm.vocabulary.max_length == (SHORT_CAPTION_LENGTH if short else MAX_CAPTION_LENGTH)
     assert (dm.hparams.canvas_size, dm.hparams.train_size) == expected[name]
     # same generator as the stage-1 data of that scale, so both stages share the train split
     stage1 = "configs/experiments/te_small_vqgan_sc.yaml" if "small" in name else "configs/tokenizers/te_vqgan_sc.yaml"
@@ -211,7 +220,9 @@ def fake_results(rt, values):
             "table3": {k: {"codes_used": 10.0 + 100 * (k == "sc"), "l1": v, "perceptual": None, "equivariance": v,
                            "codebook_size": 128} for k in ("sc", "ours")},
             "stage2": {k: {"eval": ev, "oracle": ev["t2i"], "train_pairs": 300,
-                           "eval_seen": {d: {"all/digit": v / 2, "all/color": 0.9} for d in ("t2i", "i2t")}}
+                           "eval_seen": {d: {"all/digit": v / 2, "all/color": 0.9, "Quad1/digit": v}
+                                         for d in ("t2i", "i2t")},
+                           "oracle_seen": {"all/digit": 0.95}}
                        for k in ("sc", "ours")},
             "table2": {k: {"eval": {"t2i": {"Quad1/digit": v - 0.1}}, "train_pairs": 100} for k in ("sc", "ours")},
         })
@@ -236,7 +247,9 @@ def test_tables_average_runs_and_markdown_sits_beside_the_paper(rt):
     assert "NOT FINISHED" in md  # no "finished" stamp in these results
     # seen pairs: mean over runs of the validation-split accuracies, beside nothing from the paper
     assert math.isclose(tables["table1"]["ours"]["seen/i2t/all/digit"]["mean"], 0.3)
-    assert "| Ours (TE-VQGAN) | 0.300 (0.071) | 0.900 (0.000) | 0.300 (0.071) | 0.900 (0.000) |" in md
+    # columns: T->I digit, T->I color, T->I digit Quad1, I->T digit, I->T color, reconstruction ceiling
+    assert ("| Ours (TE-VQGAN) | 0.300 (0.071) | 0.900 (0.000) | 0.600 (0.141) | 0.300 (0.071) | 0.900 (0.000) "
+            "| 0.950 (0.000) |") in md
     # a prior below the seen-pair bar (0.8) marks table 1 as not a result
     assert "**Table 1 is not a result here**" in md and "Ours (TE-VQGAN) 0.300" in md
     for run in res["runs"]:
@@ -410,6 +423,33 @@ def test_reuse_needs_the_same_signature(rt, tmp_path):
     assert not repro.reusable(out, sig)
     with pytest.raises(ValueError, match="stage2-scale"):
         rt.Reproduction(rt.Options(scale="small", stage2_scale=0.0, work_dir=tmp_path))
+
+
+def test_tokens_are_reused_only_from_the_same_data_config(rt, tmp_path):
+    """--stage2-data switches captions (and text length); tokens of the other config are re-encoded."""
+    short = "configs/experiments/te_small_stage2_data_short.yaml"
+    opts = rt.Options(scale="small", reuse=True, work_dir=tmp_path, out=tmp_path / "res", budget_scale=0.001,
+                      stage2_data=short)
+    repro = rt.Reproduction(opts)
+    repro.results["runs"][0]["stage1"]["sc"] = {"reused": True}
+    dirs = repro.encode_unit("sc", 0, RandomTokenizer(), reduced=False)
+    text = np.load(dirs["train"] / "text.npy")
+    assert text.shape == (20, SHORT_CAPTION_LENGTH)  # 20K pairs x 0.001
+    stamp = (dirs["train"] / "meta.json").stat().st_mtime_ns
+    repro.encode_unit("sc", 0, RandomTokenizer(), reduced=False)
+    assert (dirs["train"] / "meta.json").stat().st_mtime_ns == stamp  # same data config: reused
+    varied = rt.Reproduction(rt.Options(scale="small", reuse=True, work_dir=tmp_path, out=tmp_path / "res",
+                                        budget_scale=0.001))
+    varied.results["runs"][0]["stage1"]["sc"] = {"reused": True}
+    varied.encode_unit("sc", 0, RandomTokenizer(), reduced=False)
+    assert np.load(dirs["train"] / "text.npy").shape == (20, MAX_CAPTION_LENGTH)  # other config: re-encoded
+    assert varied.test_items()["text"].shape[1] == MAX_CAPTION_LENGTH
+    assert repro.test_items()["text"].shape[1] == SHORT_CAPTION_LENGTH
+    assert repro.results["stage2_data"] == {"config": short, "caption_style": "short", "text_length": 24}
+    assert varied.results["stage2_data"]["caption_style"] == "varied"
+    text = rt.render_markdown(repro.results)
+    assert "**Captions are not the paper's**" in text and f"data `{short}`" in text
+    assert "not the paper's" not in rt.render_markdown(varied.results)
 
 
 class DecodingRandomTokenizer(RandomTokenizer):

@@ -32,6 +32,15 @@ Decisions where the paper is silent (it shows one example caption and says
 * The longest caption the writer can produce has 43 words (four 9-word
   clauses, three 2-word joins, the final "."), 45 tokens with BOS and EOS; the
   fixed length :data:`MAX_CAPTION_LENGTH` is 48 (the next multiple of 8).
+
+A second caption style, ``"short"``, exists for stage-2 priors trained on a CPU
+(configs/experiments/te_small_stage2_data_short.yaml): one fixed four-word
+clause per object, "upper left red 3", listed in quadrant reading order and
+joined by ",", so "upper left red 3, lower right blue 5.". It carries the same
+layout in at most 20 words (22 tokens with BOS and EOS, fixed length
+:data:`SHORT_CAPTION_LENGTH` 24) and takes no syntactic choice from the
+generator; the paper's captions are the ``"varied"`` style above. The parser
+reads both.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CAPTION_STYLES",
     "COLORS",
     "DIGIT_NUMERALS",
     "DIGIT_WORDS",
@@ -52,14 +62,18 @@ __all__ = [
     "MAX_CAPTION_LENGTH",
     "POSITIONS",
     "POSITION_KEYS",
+    "SHORT_CAPTION_LENGTH",
     "VOCAB",
     "VOCAB_SIZE",
+    "CaptionStyle",
     "CaptionVocabulary",
     "Layout",
     "ParsedClause",
     "Placement",
     "SourceKind",
     "canonical_layout",
+    "caption_length",
+    "longest_caption_words",
     "parse_caption",
     "parse_clauses",
     "tokenize_text",
@@ -67,6 +81,10 @@ __all__ = [
 ]
 
 SourceKind = Literal["digits", "fashion"]
+#: "varied": the paper's captions (eight templates, random clause order); "short": one fixed
+#: four-word clause per object in quadrant order (see the module docstring).
+CaptionStyle = Literal["varied", "short"]
+CAPTION_STYLES: tuple[str, ...] = ("varied", "short")
 
 #: Quadrant names, indexed by position id (UL, UR, LL, LR).
 POSITIONS: tuple[str, ...] = ("upper left", "upper right", "lower left", "lower right")
@@ -123,6 +141,27 @@ LONGEST_CAPTION_WORDS: int = (
     + 1  # final "."
 )
 MAX_CAPTION_LENGTH: int = 48
+# "short" style: four words per clause ("upper left red 3"), "," between clauses, final ".".
+_SHORT_LONGEST_WORDS: int = 4 * 4 + 3 + 1
+#: Fixed caption length (tokens) of the "short" style: 22 with BOS/EOS, rounded up to a multiple of 8.
+SHORT_CAPTION_LENGTH: int = 24
+
+
+def _check_style(style: str) -> None:
+    if style not in CAPTION_STYLES:
+        raise ValueError(f"caption style must be one of {list(CAPTION_STYLES)}; got {style!r}")
+
+
+def longest_caption_words(style: CaptionStyle = "varied") -> int:
+    """Most words (without BOS/EOS) a caption of ``style`` can have: 43 varied, 20 short."""
+    _check_style(style)
+    return LONGEST_CAPTION_WORDS if style == "varied" else _SHORT_LONGEST_WORDS
+
+
+def caption_length(style: CaptionStyle = "varied") -> int:
+    """The fixed token length used for ``style``: 48 varied, 24 short."""
+    _check_style(style)
+    return MAX_CAPTION_LENGTH if style == "varied" else SHORT_CAPTION_LENGTH
 
 
 class Placement(NamedTuple):
@@ -175,15 +214,30 @@ def write_caption(
     layout: Sequence[Placement | tuple[int, int, int]],
     kind: SourceKind,
     rng: np.random.Generator,
+    style: CaptionStyle = "varied",
 ) -> str:
     """Describe ``layout`` in English, drawing every syntactic choice from ``rng``.
 
     The same layout and generator state always give the same caption, so the
-    dataset stays deterministic per index.
+    dataset stays deterministic per index. The ``"short"`` style draws nothing
+    from ``rng``: its clauses are "upper left red 3" in quadrant order, digits
+    as numerals.
     """
+    _check_style(style)
     placements = list(canonical_layout(layout))
     if not placements:
         raise ValueError("a caption needs at least one placement")
+    if style == "short":
+        if kind not in ("digits", "fashion"):
+            raise ValueError(f"kind must be 'digits' or 'fashion'; got {kind!r}")
+        names = DIGIT_NUMERALS if kind == "digits" else FASHION_ITEMS
+        short: list[str] = []
+        for n, (pos, color, label) in enumerate(placements):
+            if n > 0:
+                short.append(",")
+            short.extend((_VERTICAL_WORDS[pos // 2][0], ("left", "right")[pos % 2], COLORS[color], names[label]))
+        short.append(".")
+        return _join_words(short)
     order = rng.permutation(len(placements))
     words: list[str] = []
     for n, i in enumerate(order):
@@ -292,10 +346,13 @@ class CaptionVocabulary:
     """
 
     def __init__(self, max_length: int = MAX_CAPTION_LENGTH) -> None:
-        if max_length < LONGEST_CAPTION_WORDS + 2:
+        # The short style's longest caption is the floor; a varied caption that does not fit
+        # raises in encode, and QuadrantsDataModule checks the length against its style up front.
+        if max_length < _SHORT_LONGEST_WORDS + 2:
             raise ValueError(
-                f"max_length must fit the longest caption ({LONGEST_CAPTION_WORDS} words + BOS/EOS"
-                f" = {LONGEST_CAPTION_WORDS + 2}); got {max_length}"
+                f"max_length must fit the longest short caption ({_SHORT_LONGEST_WORDS} words + BOS/EOS"
+                f" = {_SHORT_LONGEST_WORDS + 2}; {LONGEST_CAPTION_WORDS + 2} for the varied style);"
+                f" got {max_length}"
             )
         self.max_length = max_length
         self.words: tuple[str, ...] = _WORDS

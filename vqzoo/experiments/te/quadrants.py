@@ -70,11 +70,14 @@ from vqzoo.experiments.te.captions import (
     COLORS,
     POSITION_KEYS,
     VOCAB,
+    CaptionStyle,
     CaptionVocabulary,
     Layout,
     Placement,
     SourceKind,
     canonical_layout,
+    caption_length,
+    longest_caption_words,
     write_caption,
 )
 
@@ -338,6 +341,7 @@ class QuadrantsDataset(Dataset):
         min_objects, max_objects: object count range, within 1..4.
         with_captions: also return tokens, caption, layout and num_objects.
         vocabulary: caption vocabulary (the shared one by default).
+        caption_style: "varied" (the paper's) or "short" (see vqzoo/experiments/te/captions.py).
     """
 
     def __init__(
@@ -353,6 +357,7 @@ class QuadrantsDataset(Dataset):
         max_objects: int = 4,
         with_captions: bool = True,
         vocabulary: CaptionVocabulary = VOCAB,
+        caption_style: CaptionStyle = "varied",
     ) -> None:
         tiles = np.asarray(tiles)
         labels = np.asarray(labels)
@@ -360,6 +365,11 @@ class QuadrantsDataset(Dataset):
             raise ValueError(f"tiles must be uint8 (N, q, q); got {tiles.dtype} {tiles.shape}")
         if labels.shape != (len(tiles),):
             raise ValueError(f"labels must have shape ({len(tiles)},); got {labels.shape}")
+        if with_captions and vocabulary.max_length < longest_caption_words(caption_style) + 2:
+            raise ValueError(
+                f"{caption_style} captions need a vocabulary max_length of at least"
+                f" {longest_caption_words(caption_style) + 2}; got {vocabulary.max_length}"
+            )
         if split not in _SPLIT_CODES:
             raise ValueError(f"split must be 'train', 'val' or 'test'; got {split!r}")
         if size < 0:
@@ -384,6 +394,7 @@ class QuadrantsDataset(Dataset):
         self.max_objects = max_objects
         self.with_captions = with_captions
         self.vocabulary = vocabulary
+        self.caption_style = caption_style
         self.canvas_size = 2 * tiles.shape[1]
         _check_canvas_size(self.canvas_size)
         self._pools = [np.flatnonzero(labels == c) for c in range(10)]
@@ -428,7 +439,7 @@ class QuadrantsDataset(Dataset):
         tile_ids = np.array(
             [self._pools[p.label][rng.integers(len(self._pools[p.label]))] for p in layout], dtype=np.int64
         )
-        caption = write_caption(layout, self.kind, rng) if self.with_captions else None
+        caption = write_caption(layout, self.kind, rng, self.caption_style) if self.with_captions else None
         return layout, tile_ids, caption
 
     def layout(self, index: int) -> Layout:
@@ -465,6 +476,12 @@ class QuadrantsDataModule(L.LightningDataModule):
             100K train for table 2).
         min_objects, max_objects: objects per image, within 1..4.
         with_captions: return captions (stage 2) or images only (stage 1).
+        caption_style: "varied" (the paper's: eight clause templates in random
+            order) or "short" (one four-word clause per object in quadrant
+            order, for CPU-scale priors; see vqzoo/experiments/te/captions.py).
+            Images are the same for both.
+        text_length: fixed caption length in tokens; None = the style's own
+            (48 varied, 24 short). The prior's ``text_length`` must match.
         heldout_seed: seed of the held-out pair assignment; None = canonical.
         heldout_pairs: explicit (color name, position key) per label 0-9,
             e.g. ``[[white, UL], [red, UR], ...]``; overrides ``heldout_seed``.
@@ -486,6 +503,8 @@ class QuadrantsDataModule(L.LightningDataModule):
         min_objects: int = 1,
         max_objects: int = 4,
         with_captions: bool = False,
+        caption_style: CaptionStyle = "varied",
+        text_length: int | None = None,
         heldout_seed: int | None = None,
         heldout_pairs: list[tuple[ColorName, PositionKey]] | None = None,
         seed: int = 0,
@@ -502,7 +521,13 @@ class QuadrantsDataModule(L.LightningDataModule):
         self.heldout = (
             HeldOutPairs.from_names(heldout_pairs) if heldout_pairs is not None else HeldOutPairs.from_seed(heldout_seed)
         )
-        self.vocabulary = VOCAB
+        length = caption_length(caption_style) if text_length is None else int(text_length)
+        if length < longest_caption_words(caption_style) + 2:
+            raise ValueError(
+                f"text_length {length} cannot hold the longest {caption_style} caption"
+                f" ({longest_caption_words(caption_style)} words + BOS/EOS = {longest_caption_words(caption_style) + 2})"
+            )
+        self.vocabulary = VOCAB if length == VOCAB.max_length else CaptionVocabulary(length)
         self.datasets: dict[str, QuadrantsDataset] = {}
 
     @property
@@ -523,6 +548,7 @@ class QuadrantsDataModule(L.LightningDataModule):
         common = dict(
             heldout=self.heldout, kind=src.kind, seed=hp.seed, min_objects=hp.min_objects,
             max_objects=hp.max_objects, with_captions=hp.with_captions, vocabulary=self.vocabulary,
+            caption_style=hp.caption_style,
         )
         self.datasets = {
             "train": QuadrantsDataset(train_tiles, src.train_labels, "train", hp.train_size, **common),
