@@ -452,6 +452,25 @@ def test_tokens_are_reused_only_from_the_same_data_config(rt, tmp_path):
     assert "not the paper's" not in rt.render_markdown(varied.results)
 
 
+def test_a_reused_prior_brings_back_what_its_training_recorded(rt, tmp_path):
+    tiny = ("--data.init_args.batch_size", "4", "--model.init_args.n_layer", "1", "--model.init_args.n_head", "1",
+            "--model.init_args.n_embd", "16")
+    opts = rt.Options(scale="small", reuse=True, work_dir=tmp_path, out=tmp_path / "res", budget_scale=0.001,
+                      stage2_overrides=tiny)
+    repro = rt.Reproduction(opts)
+    repro.results["runs"][0]["stage1"]["sc"] = {"reused": True}
+    dirs = repro.encode_unit("sc", 0, RandomTokenizer(), reduced=False)
+    repro.stage2_unit("sc", 0, dirs, reduced=False)
+    first = repro.results["runs"][0]["stage2"]["sc"]["training"]
+    assert first["batches"] == 5 and "reused" not in first  # 20 pairs, batch 4, 1 epoch
+    again = rt.Reproduction(opts)
+    again.results["runs"][0]["stage1"]["sc"] = {"reused": True}
+    again.results["runs"][0]["stage2"]["sc"] = {"train_pairs": 20}
+    again.stage2_unit("sc", 0, dirs, reduced=False)
+    info = again.results["runs"][0]["stage2"]["sc"]["training"]
+    assert info["reused"] and info["train_seconds"] == first["train_seconds"] and info["batches"] == 5
+
+
 class DecodingRandomTokenizer(RandomTokenizer):
     """RandomTokenizer that also decodes: 8x8 tokens -> a 3x32x32 image in [-1, 1]."""
 

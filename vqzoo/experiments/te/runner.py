@@ -943,7 +943,10 @@ class Reproduction:
         signature = {"config": config, "overrides": overrides, "seed": seed, "train_pairs": pairs}
         if stage1.get("reused") and self.reusable(out_dir, signature):
             prior = load(out_dir / "model.ckpt", expected=Prior)
-            info = {**signature, "checkpoint": str(out_dir / "model.ckpt"), "reused": True}
+            # What was recorded while it trained (time, learning curve) comes back with it.
+            trained = out_dir / "training.json"
+            info = json.loads(trained.read_text()) if trained.is_file() else {}
+            info.update({**signature, "checkpoint": str(out_dir / "model.ckpt"), "reused": True})
         else:
             probes = []
             if self.opts.probe_every and tokenizer is not None and not reduced:
@@ -956,6 +959,7 @@ class Reproduction:
             if probes:
                 info["seen_curve"] = probes[0].curve
                 info["seen_curve_items"] = len(items["captions"])
+            (out_dir / "training.json").write_text(json.dumps(info, indent=1, default=_json_default) + "\n")
             self.sign(out_dir, signature)
         info["notes"] = notes
         slot = self.results["runs"][run]["table2" if reduced else "stage2"].setdefault(key, {})
