@@ -142,8 +142,82 @@ def merge(paths: Sequence[str], out: Path) -> Path:
     return out.with_suffix(".md")
 
 
+def compare(specs: Sequence[str], out: Path) -> Path:
+    """Seen-pair learning curves of several results files side by side: ``OUT.md`` and ``OUT.png``.
+
+    Each spec is ``LABEL=PATH.json`` (e.g. ``varied=...long.json short=...short.json``); every prior
+    with a recorded curve becomes one column "LABEL SC seed 42", followed by its final evaluation.
+    """
+    import json
+
+    curves: dict[str, list[dict]] = {}
+    finals: dict[str, dict] = {}
+    sources = []
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--compare takes LABEL=RESULTS.json, got {spec!r}")
+        res = json.loads(Path(path).read_text())
+        sources.append(f"{label}: `{path}` (`{res.get('command', '')}`)")
+        for r, run in enumerate(res.get("runs", [])):
+            for key in runner.TOKENIZER_ORDER:
+                slot = run.get("stage2", {}).get(key) or {}
+                curve = (slot.get("training") or {}).get("seen_curve")
+                if curve:
+                    name = f"{label} {runner.LABELS[key]} seed {res['seeds']['stage2'][r]}"
+                    curves[name] = curve
+                    finals[name] = {"seen": (slot.get("eval_seen") or {}).get("t2i", {}).get("all/digit"),
+                                    "held": ((slot.get("eval") or {}).get("t2i") or {}).get("all/digit"),
+                                    "seconds": (slot.get("training") or {}).get("train_seconds")}
+    if not curves:
+        raise SystemExit("no seen-pair curves in " + ", ".join(specs))
+    steps = sorted({p["step"] for c in curves.values() for p in c})
+    cell = lambda p: f"{p['t2i/digit']:.3f} / {p['i2t/digit']:.3f}" if p else ""  # noqa: E731
+    lines = ["# TE stage 2: seen-pair learning curves compared", "",
+             "Digit accuracy on seen validation pairs (text->image / image->text), reference sampling rule "
+             "(top-k over the joint vocabulary, temperature 1), measured while each prior trains. Sources:", "",
+             *[f"* {x}" for x in sources], "",
+             "| step | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+    for st in steps:
+        lines.append(f"| {st} | " + " | ".join(cell(next((p for p in c if p["step"] == st), None))
+                                              for c in curves.values()) + " |")
+    num = lambda v, f="{:.3f}": "n/a" if v is None else f.format(v)  # noqa: E731
+    lines += ["", "Final evaluation (400 pairs each): text->image digit accuracy on seen and on held-out pairs.", "",
+              "| prior | seen | held-out | train minutes |", "|---|---|---|---|"]
+    for name, f in finals.items():
+        lines.append(f"| {name} | {num(f['seen'])} | {num(f['held'])} | "
+                     f"{num(None if f['seconds'] is None else f['seconds'] / 60, '{:.0f}')} |")
+    out = out.with_suffix("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, d, title in ((axes[0], "t2i", "text -> image"), (axes[1], "i2t", "image -> text")):
+        for name, c in curves.items():
+            ax.plot([p["step"] for p in c], [p[f"{d}/digit"] for p in c], marker="o", ms=3, label=name)
+        ax.axhline(0.8, color="grey", ls="--", lw=0.8)
+        ax.axhline(0.1, color="grey", ls=":", lw=0.8)
+        ax.set(title=f"{title}: digit accuracy on seen pairs", xlabel="optimizer step", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+    return out.with_suffix(".md")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--compare"]:
+        if len(args) < 4 or "--out" not in args:
+            raise SystemExit("usage: reproduce_te.py --compare LABEL=A.json LABEL=B.json [...] --out RESULTS_PATH")
+        i = args.index("--out")
+        print(f"wrote {compare(args[1:i] + args[i + 2:], Path(args[i + 1]))}")
+        return 0
     if args[:1] == ["--merge"]:
         if len(args) < 4 or "--out" not in args:
             raise SystemExit("usage: reproduce_te.py --merge A.json B.json [...] --out RESULTS_PATH")

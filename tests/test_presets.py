@@ -68,6 +68,16 @@ def test_reproduce_te_long_protocol_flags_and_merge(tmp_path) -> None:
     md = (tmp_path / "all.md").read_text()
     assert "| 2000 | 0.300 / 0.400 | 0.300 / 0.400 |" in md
     assert (tmp_path / "all.png").stat().st_size > 1000
+    # --compare: curves of several results files side by side, one column per prior
+    assert reproduce_te.main(["--compare", f"a={paths[0]}", f"b={tmp_path / 'all.json'}", "--out",
+                              str(tmp_path / "cmp")]) == 0
+    cmp = (tmp_path / "cmp.md").read_text()
+    assert "| step | a SC (VQGAN) seed 42 | b SC (VQGAN) seed 42 | b Ours (TE-VQGAN) seed 42 |" in cmp
+    assert "| 1000 | 0.100 / 0.200 | 0.100 / 0.200 | 0.100 / 0.200 |" in cmp
+    assert "| a SC (VQGAN) seed 42 | n/a | n/a | n/a |" in cmp
+    assert (tmp_path / "cmp.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="LABEL=RESULTS.json"):
+        reproduce_te.main(["--compare", str(paths[0]), "x", "--out", str(tmp_path / "c2")])
 
 
 def test_qgvae_benchmark_presets() -> None:
