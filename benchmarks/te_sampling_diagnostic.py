@@ -31,6 +31,28 @@ from vqzoo.experiments.te import runner
 from vqzoo.experiments.te.semantic import QuadrantClassifier
 
 
+def render_markdown(result: dict) -> str:
+    """The markdown table of a diagnostic's JSON (also used by ``--render``)."""
+    lines = ["# TE stage 2: text->image digit accuracy by sampling temperature (diagnostic)", "",
+             f"Produced by `benchmarks/te_sampling_diagnostic.py` (`{result['command']}`), {result['seconds']} s, "
+             f"{result['torch_threads']} torch thread(s). Priors of run {result['run']} (stage-2 seed "
+             f"{result['seed']}) in `{result['work_dir']}`; {result['items']} captions per split, one image each, "
+             "judged by the same classifier as table 1. Temperature 1 with top-k over the joint vocabulary is the reference's rule and table 1's; "
+             "lower temperatures (same top-k) and greedy decoding (temperature 0) are NOT the reference's rule: they "
+             "show what the prior's most likely tokens draw. The reconstruction rows judge the tokenizer's own "
+             "reconstructions of the real images: a reference, not a bound (greedy digits can be more "
+             "prototypical than the real ones and score higher).", "",
+             "| tokenizer | pairs | temperature | digit all | Quad1 | Quad2 | Quad3 | Quad4 | color all |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        quads = " | ".join(f"{r.get(f'{q}/digit', float('nan')):.3f}" for q in runner.QUADS)
+        temp = ("reconstruction of the real images" if r["temperature"] is None
+                else "greedy" if r["temperature"] == 0 else f"{r['temperature']:g}")
+        lines.append(f"| {runner.LABELS[r['key']]} | {r['split']} | {temp} | {r['all/digit']:.3f} | {quads} | "
+                     f"{r['all/color']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work-dir", type=Path, required=True)
@@ -41,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage2-data", default=None,
                    help="the stage-2 data config the priors were trained on (default: the small scale's)")
     p.add_argument("--out", type=Path, required=True, help="results path without suffix")
+    p.add_argument("--render", type=Path, default=None, help="only rewrite OUT.md from an earlier run's JSON")
     a = p.parse_args(argv)
+    if a.render is not None:
+        a.out.with_suffix(".md").write_text(render_markdown(json.loads(a.render.read_text())))
+        print(f"wrote {a.out.with_suffix('.md')}")
+        return 0
     if a.threads:
         torch.set_num_threads(a.threads)
     spec = runner.SCALES["small"]
@@ -62,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load(a.work_dir / "run0" / "stage1" / key / "model.ckpt").eval()
         prior = load(a.work_dir / f"run{a.run}" / "stage2" / key / "model.ckpt").eval()
         for split, items in (("seen", seen), ("held-out", test)):
-            # The tokenizer's own reconstructions of the real images: the ceiling of any prior on its tokens.
+            # The tokenizer's own reconstructions of the real images: what its tokens draw of real digits.
             oracle = runner.reconstruction_oracle(tokenizer, classifier, items, torch.device("cpu"), spec.eval_batch)
             rows.append({"key": key, "split": split, "temperature": None, **oracle})
             for t in a.temperatures:
@@ -75,23 +102,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch_threads": torch.get_num_threads(), "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["# TE stage 2: text->image digit accuracy by sampling temperature (diagnostic)", "",
-             f"Produced by `benchmarks/te_sampling_diagnostic.py` (`{result['command']}`), {result['seconds']} s, "
-             f"{result['torch_threads']} torch thread(s). Priors of run {a.run} (stage-2 seed {42 + a.run}) in "
-             f"`{a.work_dir}`; {result['items']} captions per split, one image each, judged by the same classifier "
-             "as table 1. Temperature 1 with top-k over the joint vocabulary is the reference's rule and table 1's; "
-             "lower temperatures (same top-k) and greedy decoding (temperature 0) are NOT the reference's rule: they "
-             "show what the prior's most likely tokens draw. The reconstruction rows judge the tokenizer's own "
-             "reconstructions of the real images: no prior on its tokens can score higher.", "",
-             "| tokenizer | pairs | temperature | digit all | Quad1 | Quad2 | Quad3 | Quad4 | color all |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        quads = " | ".join(f"{r.get(f'{q}/digit', float('nan')):.3f}" for q in runner.QUADS)
-        temp = ("reconstruction (ceiling)" if r["temperature"] is None
-                else "greedy" if r["temperature"] == 0 else f"{r['temperature']:g}")
-        lines.append(f"| {runner.LABELS[r['key']]} | {r['split']} | {temp} | {r['all/digit']:.3f} | {quads} | "
-                     f"{r['all/color']:.3f} |")
-    a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    a.out.with_suffix(".md").write_text(render_markdown(result))
     print(f"wrote {a.out.with_suffix('.md')}")
     return 0
 

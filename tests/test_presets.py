@@ -133,3 +133,14 @@ def test_te_sampling_diagnostic_names_the_missing_checkpoints(tmp_path) -> None:
 
     with pytest.raises(SystemExit, match=r"missing checkpoints .*classifier/model.ckpt.*run0/stage2/sc/model.ckpt"):
         te_sampling_diagnostic.main(["--work-dir", str(tmp_path), "--keys", "sc", "--out", str(tmp_path / "x")])
+    # --render rewrites the markdown from an earlier JSON
+    row = {"key": "sc", "split": "seen", "all/digit": 0.5, "all/color": 0.9, **{f"Quad{i}/digit": 0.5 for i in range(1, 5)}}
+    result = {"command": "c", "seconds": 1, "torch_threads": 1, "run": 1, "seed": 43, "work_dir": "w", "items": 4,
+              "rows": [{**row, "temperature": None}, {**row, "temperature": 0.0}]}
+    (tmp_path / "d.json").write_text(__import__("json").dumps(result))
+    assert te_sampling_diagnostic.main(["--work-dir", "w", "--render", str(tmp_path / "d.json"),
+                                        "--out", str(tmp_path / "d")]) == 0
+    md = (tmp_path / "d.md").read_text()
+    assert "Priors of run 1 (stage-2 seed 43)" in md
+    assert "| SC (VQGAN) | seen | reconstruction of the real images | 0.500 |" in md
+    assert "| SC (VQGAN) | seen | greedy | 0.500 |" in md
