@@ -105,28 +105,34 @@ def plot_seen_curves(results: dict, path: Path) -> bool:
                 curves[(key, r)] = curve
     if not curves:
         return False
+    colors = {"sc": "tab:blue", "ours": "tab:red", "cb": "tab:green", "mp": "tab:purple", "mb": "tab:brown"}
+    _plot_curves([(f"{runner.LABELS[key]} seed {42 + r}", curve, {"color": colors.get(key), "alpha": 1.0 - 0.25 * r})
+                  for (key, r), curve in curves.items()], path, (10, 3.8), legend_size=8)
+    return True
+
+
+def _plot_curves(series: Sequence[tuple[str, list, dict]], path: Path, figsize: tuple[float, float],
+                 legend_size: int) -> None:
+    """Two panels (text->image, image->text) of seen-pair digit accuracy per step, one line per series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors = {"sc": "tab:blue", "ours": "tab:red", "cb": "tab:green", "mp": "tab:purple", "mb": "tab:brown"}
+    fig, axes = plt.subplots(1, 2, figsize=figsize)
     for ax, d, title in ((axes[0], "t2i", "text -> image"), (axes[1], "i2t", "image -> text")):
-        for (key, r), curve in curves.items():
+        for label, curve, style in series:
             pts = [(p["step"], p[f"{d}/digit"]) for p in curve if f"{d}/digit" in p]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, color=colors.get(key), alpha=1.0 - 0.25 * r,
-                        label=f"{runner.LABELS[key]} seed {42 + r}")
+                ax.plot(*zip(*pts), marker="o", ms=3, label=label, **style)
         ax.axhline(0.8, color="grey", ls="--", lw=0.8)
         ax.axhline(0.1, color="grey", ls=":", lw=0.8)
         ax.set(title=f"{title}: digit accuracy on seen pairs", xlabel="optimizer step", ylim=(0, 1))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def merge(paths: Sequence[str], out: Path) -> Path:
@@ -190,39 +196,20 @@ def compare(specs: Sequence[str], out: Path) -> Path:
     out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, d, title in ((axes[0], "t2i", "text -> image"), (axes[1], "i2t", "image -> text")):
-        for name, c in curves.items():
-            ax.plot([p["step"] for p in c], [p[f"{d}/digit"] for p in c], marker="o", ms=3, label=name)
-        ax.axhline(0.8, color="grey", ls="--", lw=0.8)
-        ax.axhline(0.1, color="grey", ls=":", lw=0.8)
-        ax.set(title=f"{title}: digit accuracy on seen pairs", xlabel="optimizer step", ylim=(0, 1))
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
-    plt.close(fig)
+    _plot_curves([(name, c, {}) for name, c in curves.items()], out.with_suffix(".png"), (11, 4), legend_size=7)
     return out.with_suffix(".md")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--compare"]:
+    # Two file-only modes: --merge A.json B.json --out X, --compare LABEL=A.json ... --out X.
+    modes = {"--merge": (merge, "A.json B.json"), "--compare": (compare, "LABEL=A.json LABEL=B.json")}
+    if args[:1] and args[0] in modes:
+        fn, inputs = modes[args[0]]
         if len(args) < 4 or "--out" not in args:
-            raise SystemExit("usage: reproduce_te.py --compare LABEL=A.json LABEL=B.json [...] --out RESULTS_PATH")
+            raise SystemExit(f"usage: reproduce_te.py {args[0]} {inputs} [...] --out RESULTS_PATH")
         i = args.index("--out")
-        print(f"wrote {compare(args[1:i] + args[i + 2:], Path(args[i + 1]))}")
-        return 0
-    if args[:1] == ["--merge"]:
-        if len(args) < 4 or "--out" not in args:
-            raise SystemExit("usage: reproduce_te.py --merge A.json B.json [...] --out RESULTS_PATH")
-        i = args.index("--out")
-        print(f"wrote {merge(args[1:i] + args[i + 2:], Path(args[i + 1]))}")
+        print(f"wrote {fn(args[1:i] + args[i + 2:], Path(args[i + 1]))}")
         return 0
     opts = parse_args(argv)
     if opts.render is not None:

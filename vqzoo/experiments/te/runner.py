@@ -1217,7 +1217,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     if t1:
         lines += ["Color accuracy (the paper reports none; chance 0.25) and the reconstruction oracle "
                   "(classifier digit accuracy on the tokenizer's reconstructions of the real test images, "
-                  "an upper bound for text-to-image):", "",
+                  "a reference for text-to-image, not a strict bound):", "",
                   "| Model | T->I color Quad1 | Quad2 | Quad3 | Quad4 | I->T color Quad1 | Quad2 | Quad3 | Quad4 "
                   "| oracle digit Quad1 | Quad2 | Quad3 | Quad4 |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
