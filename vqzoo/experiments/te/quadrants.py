@@ -522,10 +522,11 @@ class QuadrantsDataModule(L.LightningDataModule):
             HeldOutPairs.from_names(heldout_pairs) if heldout_pairs is not None else HeldOutPairs.from_seed(heldout_seed)
         )
         length = caption_length(caption_style) if text_length is None else int(text_length)
-        if length < longest_caption_words(caption_style) + 2:
+        words = longest_caption_words(caption_style)
+        if length < words + 2:
             raise ValueError(
                 f"text_length {length} cannot hold the longest {caption_style} caption"
-                f" ({longest_caption_words(caption_style)} words + BOS/EOS = {longest_caption_words(caption_style) + 2})"
+                f" ({words} words + BOS/EOS = {words + 2})"
             )
         self.vocabulary = VOCAB if length == VOCAB.max_length else CaptionVocabulary(length)
         self.datasets: dict[str, QuadrantsDataset] = {}

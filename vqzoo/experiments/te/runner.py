@@ -113,7 +113,6 @@ import lightning as L
 import numpy as np
 import torch
 
-from vqzoo.experiments.te.captions import caption_length
 from vqzoo.io import atomic_write
 
 #: The repository checkout: vqzoo/experiments/te/runner.py is three levels below it.
@@ -731,10 +730,9 @@ class Reproduction:
             "notes": [],
             "paper_numbers": {"table1": PAPER_TABLE1, "table2": PAPER_TABLE2, "table3": PAPER_TABLE3},
         }
-        data_args = _get(read_yaml(self.stage2_data), "data.init_args", {}) or {}
-        style = data_args.get("caption_style", "varied")
-        self.results["stage2_data"] = {"config": self.stage2_data, "caption_style": style,
-                                       "text_length": data_args.get("text_length") or caption_length(style)}
+        data = build_datamodule(self.stage2_data)  # built, not set up: only its settings are read
+        self.results["stage2_data"] = {"config": self.stage2_data, "caption_style": data.hparams.caption_style,
+                                       "text_length": data.vocabulary.max_length}
         self.perceptual: Any = None
         self._perceptual_loaded = False
         self._perceptual_reason: str | None = None
