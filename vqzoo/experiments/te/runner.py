@@ -225,12 +225,12 @@ SCALES: dict[str, ScaleSpec] = {
 
 # ---------------------------------------------------------------------- small helpers
 def summarize(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and sample std (ddof=1, None for one value) of the non-missing values."""
+    """Mean, sample std (ddof=1, None for one value) and lowest of the non-missing values."""
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
-        return {"mean": None, "std": None, "n": 0}
+        return {"mean": None, "std": None, "n": 0, "min": None}
     std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-    return {"mean": float(np.mean(vals)), "std": std, "n": len(vals)}
+    return {"mean": float(np.mean(vals)), "std": std, "n": len(vals), "min": min(vals)}
 
 
 def fmt(summary: dict[str, Any] | None, digits: int = 3) -> str:
@@ -1253,11 +1253,19 @@ def render_markdown(results: dict[str, Any]) -> str:
                 row = greedy[key]
                 lines.append(f"| {LABELS[key]} | {fmt(row['greedy/seen/all/digit'])} | "
                              + " | ".join(fmt(row[f"greedy/held_out/{q}/digit"]) for q in (*QUADS, "all")) + " |")
-        under = [f"{LABELS[k]} {row['greedy/seen/all/digit']['mean']:.3f}" for k, row in greedy.items()
-                 if row["greedy/seen/all/digit"]["mean"] < SEEN_BAR]
-        lines += ["", (f"Below the bar on seen pairs even greedily: {', '.join(under)}." if under else
-                       f"Every prior is over the bar on seen pairs when decoded greedily, so the held-out columns "
-                       "compare priors that have learned the task.")]
+        # Judged per seed: a mean over the bar can hide a seed under it (results before "min" have the mean only).
+        def lowest(s: dict[str, Any]) -> float:
+            return s["mean"] if s.get("min") is None else s["min"]
+        under = [(LABELS[k], row["greedy/seen/all/digit"]) for k, row in greedy.items()
+                 if lowest(row["greedy/seen/all/digit"]) < SEEN_BAR]
+        if not under:
+            verdict = ("Every prior (every seed) is over the bar on seen pairs when decoded greedily, so the held-out "
+                       "columns compare priors that have learned the task.")
+        else:
+            verdict = "Below the bar on seen pairs even greedily: " + ", ".join(
+                f"{label} (mean {s['mean']:.3f}, lowest seed {lowest(s):.3f})"
+                for label, s in under) + "."
+        lines += ["", verdict]
         lines.append("")
     t2 = tables.get("table2", {})
     if t2:
