@@ -233,6 +233,11 @@ def summarize(values: Sequence[float | None]) -> dict[str, Any]:
     return {"mean": float(np.mean(vals)), "std": std, "n": len(vals), "min": min(vals)}
 
 
+def lowest_run(summary: dict[str, Any]) -> float:
+    """The worst run of a summary, judged against the seen-pair bar per seed (tables stored before "min": the mean)."""
+    return summary["mean"] if summary.get("min") is None else summary["min"]
+
+
 def fmt(summary: dict[str, Any] | None, digits: int = 3) -> str:
     """``0.812`` or ``0.812 (0.032)``; ``n/a`` when missing."""
     if not summary or summary.get("mean") is None:
@@ -1193,12 +1198,14 @@ def render_markdown(results: dict[str, Any]) -> str:
                   f"{held.get('val/digit_acc', float('nan')):.4f}, color accuracy "
                   f"{held.get('val/color_acc', float('nan')):.4f} (paper: 0.995 digit).", ""]
     t1 = tables.get("table1", {})
-    seen = {k: (row.get("seen/t2i/all/digit") or {}).get("mean") for k, row in t1.items()}
-    short = {k: v for k, v in seen.items() if v is not None and v < SEEN_BAR}
+    seen = {k: row["seen/t2i/all/digit"] for k, row in t1.items()
+            if (row.get("seen/t2i/all/digit") or {}).get("mean") is not None}
+    short = {k: v for k, v in seen.items() if lowest_run(v) < SEEN_BAR}
     if short:
         lines += [f"**Table 1 is not a result here**: held-out accuracy is meaningful only for a prior that has "
                   f"learned the seen pairs, and these reached text->image digit accuracy "
-                  + ", ".join(f"{LABELS[k]} {v:.3f}" for k, v in short.items())
+                  + ", ".join(f"{LABELS[k]} {v['mean']:.3f} (lowest seed {lowest_run(v):.3f})"
+                              for k, v in short.items())
                   + f" on seen pairs, below the bar of {SEEN_BAR} (see the seen-pair rows and learning curves "
                   "below). The held-out numbers are printed for completeness only.", ""]
     for d, title in (("t2i", "Text-to-image"), ("i2t", "Image-to-text")):
@@ -1253,17 +1260,15 @@ def render_markdown(results: dict[str, Any]) -> str:
                 row = greedy[key]
                 lines.append(f"| {LABELS[key]} | {fmt(row['greedy/seen/all/digit'])} | "
                              + " | ".join(fmt(row[f"greedy/held_out/{q}/digit"]) for q in (*QUADS, "all")) + " |")
-        # Judged per seed: a mean over the bar can hide a seed under it (results before "min" have the mean only).
-        def lowest(s: dict[str, Any]) -> float:
-            return s["mean"] if s.get("min") is None else s["min"]
+        # Judged per seed: a mean over the bar can hide a seed under it.
         under = [(LABELS[k], row["greedy/seen/all/digit"]) for k, row in greedy.items()
-                 if lowest(row["greedy/seen/all/digit"]) < SEEN_BAR]
+                 if lowest_run(row["greedy/seen/all/digit"]) < SEEN_BAR]
         if not under:
             verdict = ("Every prior (every seed) is over the bar on seen pairs when decoded greedily, so the held-out "
                        "columns compare priors that have learned the task.")
         else:
             verdict = "Below the bar on seen pairs even greedily: " + ", ".join(
-                f"{label} (mean {s['mean']:.3f}, lowest seed {lowest(s):.3f})"
+                f"{label} (mean {s['mean']:.3f}, lowest seed {lowest_run(s):.3f})"
                 for label, s in under) + "."
         lines += ["", verdict]
         lines.append("")
