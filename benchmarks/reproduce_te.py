@@ -82,6 +82,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--stage2-data", default=None,
                    help="the stage-2 data config (repository-relative) instead of the scale's, e.g. short captions;"
                         " its text length must match the stage-2 config's")
+    p.add_argument("--stage1-config", action="append", default=None, metavar="KEY=CONFIG",
+                   help="a stage-1 config (repository-relative) replacing the scale's for tokenizer KEY, e.g. "
+                        "ours=configs/experiments/te_small_vqgan_ours_l2.yaml; repeatable")
     p.add_argument("--render", type=Path, default=None,
                    help="only re-render the markdown of an existing results JSON (written beside it)")
     if preset is not None:
@@ -92,6 +95,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     a["stage1_overrides"], a["stage2_overrides"] = tuple(a["stage1_overrides"]), tuple(a["stage2_overrides"])
     if a["tokenizers"] is not None:
         a["tokenizers"] = tuple(a["tokenizers"])
+    specs = a.pop("stage1_config") or []
+    bad = [spec for spec in specs if spec.count("=") != 1 or not all(spec.split("="))]
+    if bad:
+        p.error(f"--stage1-config takes KEY=CONFIG, got {bad}")
+    a["stage1_configs"] = dict(spec.split("=") for spec in specs) or None
     return Options(**a)
 
 

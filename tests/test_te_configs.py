@@ -40,7 +40,7 @@ def build(path: Path, *extra: str) -> VQZooCLI:
 
 
 def key_of(path: Path) -> str:
-    stem = path.stem.replace("_fashion", "").replace("_100k", "")
+    stem = path.stem.replace("_fashion", "").replace("_100k", "").removesuffix("_l2")
     return stem.rsplit("_", 1)[-1]
 
 
@@ -114,9 +114,10 @@ def test_small_stage1_config_keeps_the_codebook_and_tokenizes_8x8(path):
     assert {d.method for d in m.encoder.modules() if type(d).__name__ == "Downsample"} == {METHODS[key]}
     assert (len(m.quantizer.regularizers) == 1) == (key == "ours")
     # the documented departures, the same for every tokenizer: no VGG weights offline, MSE,
-    # cosine distance, no PatchGAN
+    # cosine distance (but in the _l2 variant), no PatchGAN
     assert m.perceptual_weight == 0.0 and m.reconstruction_loss == "l2" and m.adversarial is None
-    assert m.quantizer.codebook.distance == "cosine" and m.quantizer.beta == 0.25
+    distance = "l2" if path.stem.endswith("_l2") else "cosine"
+    assert m.quantizer.codebook.distance == distance and m.quantizer.beta == 0.25
     hp = dm.hparams
     assert hp.source == "mnist5k" and hp.canvas_size == 32
     assert hp.train_size // hp.batch_size * cli.config["trainer"]["max_epochs"] == 1000  # steps in the header
@@ -601,3 +602,41 @@ def test_evaluate_prior_greedy_diagnostic_and_no_classifier(rt):
     assert res["i2t"]["all/digit"] == 1.0
     with pytest.raises(ValueError, match="needs a classifier"):
         rt.evaluate_prior(prior, tok, None, items, seed=0, device=torch.device("cpu"), batch_size=5)
+
+
+def test_stage1_config_replaces_the_scales_config_for_one_tokenizer(rt, tmp_path, monkeypatch):
+    """--stage1-config ours=...: that tokenizer trains from the given config, the others and Fashion keep the scale's."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import reproduce_te
+
+    l2 = "configs/experiments/te_small_vqgan_ours_l2.yaml"
+    opts = reproduce_te.parse_args(["--tokenizers", "ours", "sc", "--stage1-config", f"ours={l2}",
+                                    "--work-dir", str(tmp_path), "--out", str(tmp_path / "res")])
+    assert opts.stage1_configs == {"ours": l2}
+    assert reproduce_te.parse_args([]).stage1_configs is None
+    with pytest.raises(SystemExit):
+        reproduce_te.parse_args(["--stage1-config", "ours"])
+    with pytest.raises(ValueError, match="unknown tokenizer 'xx'"):
+        rt.Reproduction(rt.Options(scale="small", work_dir=tmp_path, stage1_configs={"xx": l2}))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        rt.Reproduction(rt.Options(scale="small", work_dir=tmp_path, stage1_configs={"ours": "nope.yaml"}))
+
+    trained = []
+
+    def fake_fit(config, overrides, seed, out_dir, label, accelerator, callbacks=()):
+        trained.append(config)
+        out_dir.mkdir(parents=True)
+        return None, None, {}
+
+    monkeypatch.setattr(rt, "fit_config", fake_fit)
+    repro = rt.Reproduction(opts)
+    for key, fashion in (("ours", False), ("sc", False), ("ours", True)):
+        repro.stage1_unit(key, 0, fashion=fashion)
+    assert trained == [l2, "configs/experiments/te_small_vqgan_sc.yaml", "configs/experiments/te_small_vqgan_ours.yaml"]
+    assert f"Ours (TE-VQGAN) `{l2}`" in rt.render_markdown(repro.results)
+    cfg = rt.read_yaml(l2)
+    assert rt._get(cfg, "model.init_args.quantizer.init_args.distance") == "l2"
+    base = rt.read_yaml("configs/experiments/te_small_vqgan_ours.yaml")
+    base["model"]["init_args"]["quantizer"]["init_args"]["distance"] = "l2"
+    base["trainer"]["default_root_dir"] = cfg["trainer"]["default_root_dir"]
+    assert cfg == base  # one change from the cosine config: the distance

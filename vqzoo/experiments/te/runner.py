@@ -675,6 +675,9 @@ class Options:
     stage2_data: str | None = None
     #: only these tokenizers (keys of TOKENIZER_ORDER); default SC and Ours (+ baselines)
     tokenizers: tuple[str, ...] | None = None
+    #: stage-1 configs (repository-relative) that replace the scale's for these tokenizer keys, e.g.
+    #: {"ours": "configs/experiments/te_small_vqgan_ours_l2.yaml"}; the Fashion-MNIST rows keep the scale's
+    stage1_configs: dict[str, str] | None = None
 
 
 class Reproduction:
@@ -707,6 +710,11 @@ class Reproduction:
             if unknown:
                 raise ValueError(f"unknown tokenizer(s) {unknown}; choose from {list(TOKENIZER_ORDER)}")
             self.keys = [k for k in TOKENIZER_ORDER if k in opts.tokenizers]
+        for key, path in (opts.stage1_configs or {}).items():
+            if key not in TOKENIZER_ORDER:
+                raise ValueError(f"stage-1 config for unknown tokenizer {key!r}; choose from {list(TOKENIZER_ORDER)}")
+            if not (ROOT / path).is_file():
+                raise FileNotFoundError(f"stage-1 config for {key!r} not found: {ROOT / path}")
         self.started = time.time()
         self.results: dict[str, Any] = {
             "paper": "Shin et al., Exploration into Translation-Equivariant Image Quantization, ICASSP 2023",
@@ -831,7 +839,10 @@ class Reproduction:
         from vqzoo.checkpoint import load
         from vqzoo.tokenizers.base import Tokenizer
 
-        config = (self.spec.fashion_stage1 if fashion else self.spec.stage1)[key]
+        if fashion:
+            config = self.spec.fashion_stage1[key]
+        else:
+            config = (self.opts.stage1_configs or {}).get(key) or self.spec.stage1[key]
         cfg = read_yaml(config)
         seed = 23 + run
         name = f"{key}_fashion" if fashion else key
@@ -1183,6 +1194,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     data = results.get("stage2_data") or {}
+    if opts.get("stage1_configs"):
+        lines += ["Stage 1 configs replacing the scale's: " + ", ".join(
+            f"{LABELS.get(k, k)} `{v}`" for k, v in opts["stage1_configs"].items()) + ".", ""]
     if opts.get("stage2_config") or opts.get("stage2_data"):
         lines += [f"Stage 2: config `{opts.get('stage2_config') or 'the scale default'}`, data "
                   f"`{data.get('config') or opts.get('stage2_data') or 'the scale default'}`.", ""]
