@@ -252,8 +252,16 @@ def test_tables_average_runs_and_markdown_sits_beside_the_paper(rt):
     # seen pairs: mean over runs of the validation-split accuracies, beside nothing from the paper
     assert math.isclose(tables["table1"]["ours"]["seen/i2t/all/digit"]["mean"], 0.3)
     # columns: T->I digit, T->I color, T->I digit Quad1, I->T digit, I->T color, reconstruction ceiling
+    # ... and the share of it the prior reaches (0.3 / 0.95)
     assert ("| Ours (TE-VQGAN) | 0.300 (0.071) | 0.900 (0.000) | 0.600 (0.141) | 0.300 (0.071) | 0.900 (0.000) "
-            "| 0.950 (0.000) |") in md
+            "| 0.950 (0.000) | 0.32 |") in md
+    assert "Tokenizer under the bar" not in md
+    low = fake_results(rt, [0.5, 0.7])
+    for run in low["runs"]:
+        run["stage2"]["ours"]["oracle_seen"]["all/digit"] = 0.7
+    low_md = rt.render_markdown(low)
+    assert ("**Tokenizer under the bar**: the classifier reads fewer than 0.8 of the digits in the reconstructions "
+            "of Ours (TE-VQGAN) (0.700),") in low_md and "SC (VQGAN) (0.950)" not in low_md
     # greedy decoding: its own table, over the bar on seen pairs here (0.9)
     assert "## Table 1 with greedy decoding (not the reference's rule)" in md
     assert "| SC (VQGAN) | 0.900 (0.000) | 0.600 (0.000) | 0.600 (0.000) | 0.600 (0.000) | 0.600 (0.000) | 0.600 (0.141) |" in md
