@@ -35,15 +35,19 @@ from vqzoo.experiments.te.runner import SCALES, Options, Reproduction, rerender
 _GPU10_OVERRIDES = ("--trainer.precision", "bf16-mixed", "--data.init_args.batch_size", "128",
                     "--data.init_args.num_workers", "8")
 
-#: Named option sets. ``gpu10``: the small-scale configs (64x64 canvases, 8x8 tokens) on one GPU
-#: with bf16 autocast and batch 128 (4x), twice the stage-1 images and 4x the stage-2 pairs (the
-#: CPU runs' priors had not learned the seen pairs), one seed, SC and TE only, no table 2.
+#: Named option sets. ``gpu10``: the small-scale configs (32x32 canvases, 8x8 tokens) on one GPU
+#: with bf16 autocast and batch 128 (4x), twice the stage-1 images and 8x the stage-2 pairs, one
+#: seed, SC and TE only, no table 2; stage 2 is the protocol that learned the seen pairs on CPU
+#: (short captions, alternating directions: te_small_stage2_short.yaml), judged on seen pairs
+#: every 1,000 steps.
 #: ``paper``: the paper-scale configs, all baselines, tables 1-3, 3 seeds, on a GPU.
 PRESETS: dict[str, dict] = {
     "gpu10": dict(scale="small", accelerator="gpu", work_dir=runner.ROOT / "runs" / "te_reproduction_gpu10",
                   out=runner.RESULTS_DIR / "te_reproduction_gpu10", budget_scale=2.0, stage2_scale=4.0, runs=1, table2=False,
                   all_baselines=False, threads=8, stage1_overrides=_GPU10_OVERRIDES,
-                  stage2_overrides=_GPU10_OVERRIDES),
+                  stage2_overrides=_GPU10_OVERRIDES, probe_every=1000,
+                  stage2_config="configs/experiments/te_small_stage2_short.yaml",
+                  stage2_data="configs/experiments/te_small_stage2_data_short.yaml"),
     "paper": dict(scale="paper", accelerator="gpu", out=runner.RESULTS_DIR / "te_reproduction_paper_3seeds", runs=3, all_baselines=True, table2=True, threads=8),
 }
 

@@ -29,14 +29,20 @@ def test_reproduce_te_presets_parse() -> None:
 
 def test_reproduce_te_gpu10_overrides_build_every_config() -> None:
     import reproduce_te
+    from vqzoo.experiments.te import runner
     from vqzoo.experiments.te.runner import SCALES, build_from_config
 
     opts = reproduce_te.parse_args(["--preset", "gpu10"])
     spec = SCALES[opts.scale]
-    for config, extra in ((spec.stage1["ours"], opts.stage1_overrides), (spec.stage2["ours"], opts.stage2_overrides)):
+    # stage 2 is the protocol that learned the seen pairs on CPU: short captions, alternating directions
+    assert opts.stage2_config == "configs/experiments/te_small_stage2_short.yaml" and opts.probe_every == 1000
+    for config, extra in ((spec.stage1["ours"], opts.stage1_overrides), (opts.stage2_config, opts.stage2_overrides)):
         cli = build_from_config(config, list(extra), 0, "cpu")
         assert cli.config["trainer"]["precision"] == "bf16-mixed"
         assert cli.datamodule.hparams.get("batch_size", getattr(cli.datamodule, "batch_size", None)) == 128
+    data = runner.build_datamodule(opts.stage2_data)
+    assert data.hparams.caption_style == "short" and cli.model.hparams.text_length == data.vocabulary.max_length
+    assert cli.model.hparams.order == "alternate"
 
 
 def test_reproduce_te_long_protocol_flags_and_merge(tmp_path) -> None:
