@@ -713,8 +713,8 @@ class Reproduction:
         for key, path in (opts.stage1_configs or {}).items():
             if key not in TOKENIZER_ORDER:
                 raise ValueError(f"stage-1 config for unknown tokenizer {key!r}; choose from {list(TOKENIZER_ORDER)}")
-            if not (ROOT / path).is_file():
-                raise FileNotFoundError(f"stage-1 config for {key!r} not found: {ROOT / path}")
+            if not Path(config_path(path)).is_file():
+                raise FileNotFoundError(f"stage-1 config for {key!r} not found: {config_path(path)}")
         self.started = time.time()
         self.results: dict[str, Any] = {
             "paper": "Shin et al., Exploration into Translation-Equivariant Image Quantization, ICASSP 2023",
