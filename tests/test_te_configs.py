@@ -40,7 +40,7 @@ def build(path: Path, *extra: str) -> VQZooCLI:
 
 
 def key_of(path: Path) -> str:
-    stem = path.stem.replace("_fashion", "").replace("_100k", "").removesuffix("_l2")
+    stem = path.stem.replace("_fashion", "").replace("_100k", "").removesuffix("_4ep").removesuffix("_l2")
     return stem.rsplit("_", 1)[-1]
 
 
@@ -116,11 +116,15 @@ def test_small_stage1_config_keeps_the_codebook_and_tokenizes_8x8(path):
     # the documented departures, the same for every tokenizer: no VGG weights offline, MSE,
     # cosine distance (but in the _l2 variant), no PatchGAN
     assert m.perceptual_weight == 0.0 and m.reconstruction_loss == "l2" and m.adversarial is None
-    distance = "l2" if path.stem.endswith("_l2") else "cosine"
+    distance = "l2" if path.stem.removesuffix("_4ep").endswith("_l2") else "cosine"
     assert m.quantizer.codebook.distance == distance and m.quantizer.beta == 0.25
     hp = dm.hparams
     assert hp.source == "mnist5k" and hp.canvas_size == 32
-    assert hp.train_size // hp.batch_size * cli.config["trainer"]["max_epochs"] == 1000  # steps in the header
+    # the 4-epoch variants double the 1,000 steps; each header states its step count
+    steps = hp.train_size // hp.batch_size * cli.config["trainer"]["max_epochs"]
+    assert steps == (2000 if path.stem.endswith("_4ep") else 1000)
+    header = path.read_text().split("\nseed_everything")[0]
+    assert f"{steps:,} steps" in header or f"{steps} steps" in header
     torch.manual_seed(0)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     idx = m.tokenize(x)
@@ -648,3 +652,14 @@ def test_stage1_config_replaces_the_scales_config_for_one_tokenizer(rt, tmp_path
     base["model"]["init_args"]["quantizer"]["init_args"]["distance"] = "l2"
     base["trainer"]["default_root_dir"] = cfg["trainer"]["default_root_dir"]
     assert cfg == base  # one change from the cosine config: the distance
+
+
+@pytest.mark.parametrize("stem", ["te_small_vqgan_sc", "te_small_vqgan_ours_l2"])
+def test_four_epoch_tokenizer_configs_change_only_the_epochs(rt, stem):
+    # table 1 on the 4-epoch pair compares priors on tokenizers trained for equal steps
+    base = rt.read_yaml(f"configs/experiments/{stem}.yaml")
+    longer = rt.read_yaml(f"configs/experiments/{stem}_4ep.yaml")
+    assert (base["trainer"]["max_epochs"], longer["trainer"]["max_epochs"]) == (2, 4)
+    base["trainer"]["max_epochs"] = 4
+    base["trainer"]["default_root_dir"] = f"runs/te_small/{stem}_4ep"
+    assert longer == base
