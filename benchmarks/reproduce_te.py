@@ -37,16 +37,19 @@ _GPU10_OVERRIDES = ("--trainer.precision", "bf16-mixed", "--data.init_args.batch
 
 #: Named option sets. ``gpu10``: the small-scale configs (32x32 canvases, 8x8 tokens) on one GPU
 #: with bf16 autocast and batch 128 (4x), twice the stage-1 images and 8x the stage-2 pairs, one
-#: seed, SC and TE only, no table 2; stage 2 is the protocol that learned the seen pairs on CPU
-#: (short captions, alternating directions: te_small_stage2_short.yaml), judged on seen pairs
-#: every 1,000 steps.
+#: seed, SC and TE only, no table 2. Stage 1 is the 4-epoch pair (SC, and TE with the paper's L2
+#: distance), whose reconstructions both read well; stage 2 is the CPU protocol that came closest to
+#: the seen-pair bar (short captions, alternating directions, 12 epochs: te_small_stage2_short_12ep.yaml),
+#: judged on seen pairs every 1,000 steps (benchmarks/results/notes/te_stage2_cpu_protocol.md).
 #: ``paper``: the paper-scale configs, all baselines, tables 1-3, 3 seeds, on a GPU.
 PRESETS: dict[str, dict] = {
     "gpu10": dict(scale="small", accelerator="gpu", work_dir=runner.ROOT / "runs" / "te_reproduction_gpu10",
                   out=runner.RESULTS_DIR / "te_reproduction_gpu10", budget_scale=2.0, stage2_scale=4.0, runs=1, table2=False,
                   all_baselines=False, threads=8, stage1_overrides=_GPU10_OVERRIDES,
                   stage2_overrides=_GPU10_OVERRIDES, probe_every=1000,
-                  stage2_config="configs/experiments/te_small_stage2_short.yaml",
+                  stage1_config=["sc=configs/experiments/te_small_vqgan_sc_4ep.yaml",
+                                 "ours=configs/experiments/te_small_vqgan_ours_l2_4ep.yaml"],
+                  stage2_config="configs/experiments/te_small_stage2_short_12ep.yaml",
                   stage2_data="configs/experiments/te_small_stage2_data_short.yaml"),
     "paper": dict(scale="paper", accelerator="gpu", out=runner.RESULTS_DIR / "te_reproduction_paper_3seeds", runs=3, all_baselines=True, table2=True, threads=8),
 }

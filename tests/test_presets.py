@@ -30,13 +30,20 @@ def test_reproduce_te_presets_parse() -> None:
 def test_reproduce_te_gpu10_overrides_build_every_config() -> None:
     import reproduce_te
     from vqzoo.experiments.te import runner
-    from vqzoo.experiments.te.runner import SCALES, build_from_config
+    from vqzoo.experiments.te.runner import build_from_config
 
     opts = reproduce_te.parse_args(["--preset", "gpu10"])
-    spec = SCALES[opts.scale]
     # stage 2 is the protocol that learned the seen pairs on CPU: short captions, alternating directions
-    assert opts.stage2_config == "configs/experiments/te_small_stage2_short.yaml" and opts.probe_every == 1000
-    for config, extra in ((spec.stage1["ours"], opts.stage1_overrides), (opts.stage2_config, opts.stage2_overrides)):
+    assert opts.stage2_config == "configs/experiments/te_small_stage2_short_12ep.yaml" and opts.probe_every == 1000
+    # stage 1: the 4-epoch pair whose reconstructions both read well (TE with the paper's L2 distance)
+    assert opts.stage1_configs == {"sc": "configs/experiments/te_small_vqgan_sc_4ep.yaml",
+                                   "ours": "configs/experiments/te_small_vqgan_ours_l2_4ep.yaml"}
+    # an explicit --stage1-config wins over the preset's for its tokenizer
+    mine = reproduce_te.parse_args(["--preset", "gpu10", "--stage1-config", "ours=configs/experiments/te_small_vqgan_ours.yaml"])
+    assert mine.stage1_configs["ours"] == "configs/experiments/te_small_vqgan_ours.yaml"
+    assert mine.stage1_configs["sc"] == "configs/experiments/te_small_vqgan_sc_4ep.yaml"
+    for config, extra in ((opts.stage1_configs["ours"], opts.stage1_overrides), (opts.stage1_configs["sc"], opts.stage1_overrides),
+                          (opts.stage2_config, opts.stage2_overrides)):
         cli = build_from_config(config, list(extra), 0, "cpu")
         assert cli.config["trainer"]["precision"] == "bf16-mixed"
         assert cli.datamodule.hparams.get("batch_size", getattr(cli.datamodule, "batch_size", None)) == 128
