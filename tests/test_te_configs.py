@@ -586,6 +586,13 @@ def test_merge_results_joins_one_process_per_tokenizer(rt):
     assert merged["tokenizers"] == ["sc", "ours"] and merged["notes"] == ["n"]
     assert merged["started"] == "2026-01-01" and merged["finished"] == "2026-01-02" and merged["elapsed_s"] == 30.0
     assert merged["command"] == "--tokenizers ours && --tokenizers sc"
+    assert "stage1_configs" not in merged["options"]
+    # each part's replaced stage-1 config survives the merge and is named in the report
+    a, b = part("ours", 0.5, "a", 1.0), part("sc", 0.25, "b", 1.0)
+    a["options"], b["options"] = {"stage1_configs": {"ours": "o.yaml"}}, {"stage1_configs": {"sc": "s.yaml"}}
+    both = rt.merge_results([a, b])
+    assert both["options"]["stage1_configs"] == {"ours": "o.yaml", "sc": "s.yaml"}
+    assert "SC (VQGAN) `s.yaml`" in rt.render_markdown(both) and "Ours (TE-VQGAN) `o.yaml`" in rt.render_markdown(both)
     t2 = merged["tables"]["table2"]
     assert t2["sc"]["full"]["mean"] == 0.25 and t2["ours"]["full"]["mean"] == 0.5
     with pytest.raises(ValueError, match="more than one part"):

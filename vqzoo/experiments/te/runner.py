@@ -1454,6 +1454,11 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
             for slot, units in theirs.items():
                 mine.setdefault(slot, {}).update(units)
         base["timings_s"].update(other.get("timings_s", {}))
+        # each part may replace its own tokenizer's stage-1 config (--stage1-config)
+        replaced = {**(base.get("options", {}).get("stage1_configs") or {}),
+                    **(other.get("options", {}).get("stage1_configs") or {})}
+        if replaced:
+            base.setdefault("options", {})["stage1_configs"] = replaced
         for key in ("errors", "skipped", "notes"):
             base[key] = base.get(key, []) + [x for x in other.get(key, []) if x not in base.get(key, [])]
         base["command"] = f"{base.get('command', '')} && {other.get('command', '')}"
