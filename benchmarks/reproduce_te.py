@@ -38,7 +38,7 @@ _GPU10_OVERRIDES = ("--trainer.precision", "bf16-mixed", "--data.init_args.batch
 #: Named option sets. ``gpu10``: the small-scale configs (32x32 canvases, 8x8 tokens) on one GPU
 #: with bf16 autocast and batch 128 (4x), twice the stage-1 images and 8x the stage-2 pairs, one
 #: seed, SC and TE only, no table 2. Stage 1 is the 4-epoch pair (SC, and TE with the paper's L2
-#: distance), whose reconstructions both read well; stage 2 is the CPU protocol that came closest to
+#: distance), whose reconstructions both read well; stage 2 is the CPU protocol on which SC passed
 #: the seen-pair bar (short captions, alternating directions, 12 epochs: te_small_stage2_short_12ep.yaml),
 #: judged on seen pairs every 1,000 steps (benchmarks/results/notes/te_stage2_cpu_protocol.md).
 #: ``paper``: the paper-scale configs, all baselines, tables 1-3, 3 seeds, on a GPU.
