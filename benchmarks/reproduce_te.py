@@ -79,6 +79,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--shared-stage1", action="store_true",
                    help="runs r > 0 reuse run 0's tokenizers (stage-1 seed 23); only the stage-2 seed 42+r varies")
+    p.add_argument("--first-run", type=int, default=0,
+                   help="start at run R (stage-2 seed 42+R), e.g. to add a seed to an earlier results file with "
+                        "--merge once its work dir is gone; with --shared-stage1 stage 1 is retrained with seed 23")
     p.add_argument("--probe-every", type=int, default=0,
                    help="judge each stage-2 prior on seen pairs every N steps while it trains (0: never)")
     p.add_argument("--probe-items", type=int, default=200, help="seen pairs per probe")

@@ -603,6 +603,45 @@ def test_merge_results_joins_one_process_per_tokenizer(rt):
         rt.merge_results([part("sc", 0.1, "a", 1.0), other])
 
 
+def test_merge_results_adds_later_seeds_from_first_run_parts(rt):
+    """A seed trained later with --first-run 2 (one process per tokenizer) joins a two-seed results file."""
+    def run(keys, acc):
+        return {"stage1": {k: {"seed": 23} for k in keys}, "table3": {},
+                "stage2": {k: {"eval": {"t2i": {"Quad1/digit": acc}}} for k in keys}, "table2": {}, "fashion": {}}
+
+    def empty():
+        return {slot: {} for slot in ("stage1", "table3", "stage2", "table2", "fashion")}
+
+    old = {"scale": "small", "seeds": {"stage1": [23], "stage2": [42, 43]}, "tokenizers": ["sc", "ours"],
+           "runs": [run(["sc", "ours"], 0.5), run(["sc", "ours"], 0.7)], "timings_s": {}, "errors": [],
+           "skipped": [], "notes": [], "command": "old", "started": "a", "finished": "a", "elapsed_s": 5.0}
+
+    def later(key, acc):
+        return {"scale": "small", "seeds": {"stage1": [23], "stage2": [42, 43, 44], "first_run": 2},
+                "tokenizers": [key], "runs": [empty(), empty(), run([key], acc)], "timings_s": {"x": 1.0},
+                "errors": [], "skipped": [], "notes": [], "command": key, "started": "b", "finished": "b",
+                "elapsed_s": 9.0}
+
+    merged = rt.merge_results([old, later("sc", 0.9), later("ours", 0.3)])
+    assert merged["seeds"]["stage2"] == [42, 43, 44] and merged["seeds"]["first_run"] == 0
+    assert len(merged["runs"]) == 3 and merged["tokenizers"] == ["sc", "ours"]
+    full = {k: merged["tables"]["table2"][k]["full"] for k in ("sc", "ours")}
+    assert full["sc"]["n"] == 3 and full["sc"]["mean"] == pytest.approx((0.5 + 0.7 + 0.9) / 3)
+    assert full["ours"]["n"] == 3 and full["ours"]["mean"] == pytest.approx((0.5 + 0.7 + 0.3) / 3)
+    # the earlier runs are untouched; a seed trained twice is refused; stage-2 seeds must extend each other
+    assert merged["runs"][0]["stage2"]["sc"]["eval"]["t2i"]["Quad1/digit"] == 0.5
+    with pytest.raises(ValueError, match=r"\['sc run2'\] are in more than one part"):
+        rt.merge_results([old, later("sc", 0.9), later("sc", 0.8)])
+    shifted = later("sc", 0.9)
+    shifted["seeds"]["stage2"] = [50, 51, 52]
+    with pytest.raises(ValueError, match="different seeds"):
+        rt.merge_results([old, shifted])
+    short = later("sc", 0.9)
+    short["runs"] = short["runs"][2:]
+    with pytest.raises(ValueError, match="1 runs but stage-2 seeds"):
+        rt.merge_results([old, short])
+
+
 def test_evaluate_prior_greedy_diagnostic_and_no_classifier(rt):
     """t2i_temperature 0 decodes greedily without top-k; image->text needs no classifier, text->image does."""
     dm = rt.build_datamodule(ROOT / "configs" / "experiments" / "te_small_stage2_data.yaml",
@@ -659,6 +698,35 @@ def test_stage1_config_replaces_the_scales_config_for_one_tokenizer(rt, tmp_path
     base["model"]["init_args"]["quantizer"]["init_args"]["distance"] = "l2"
     base["trainer"]["default_root_dir"] = cfg["trainer"]["default_root_dir"]
     assert cfg == base  # one change from the cosine config: the distance
+
+
+def test_first_run_trains_only_the_later_seeds_on_the_shared_stage1_seed(rt, tmp_path, monkeypatch):
+    """--first-run 1 --runs 3 --shared-stage1: stage 1 once (seed 23, in run 1), stage 2 for runs 1 and 2 only."""
+    with pytest.raises(ValueError, match="--first-run must be in"):
+        rt.Reproduction(rt.Options(scale="small", runs=2, first_run=2, work_dir=tmp_path))
+    fits, priors = [], []
+
+    def fake_fit(config, overrides, seed, out_dir, label, accelerator, callbacks=()):
+        fits.append((label, seed))
+        out_dir.mkdir(parents=True)
+        return None, None, {}
+
+    monkeypatch.setattr(rt, "fit_config", fake_fit)
+    repro = rt.Reproduction(rt.Options(scale="small", runs=3, first_run=1, shared_stage1=True, table2=False,
+                                       tokenizers=("sc",), work_dir=tmp_path, out=tmp_path / "res"))
+    monkeypatch.setattr(repro, "classifier_unit", lambda: None)
+    monkeypatch.setattr(repro, "table3_unit", lambda *a, **k: None)
+    monkeypatch.setattr(repro, "encode_unit", lambda key, run, *a: {"run": run})
+    monkeypatch.setattr(repro, "stage2_unit", lambda key, run, dirs, *a: priors.append((run, dirs["run"])) or "prior")
+    monkeypatch.setattr(repro, "eval_unit", lambda *a: None)
+    monkeypatch.setattr(repro, "write", lambda: None)
+    assert repro.run() == 0
+    assert fits == [("stage1 sc run1", 23)] and priors == [(1, 1), (2, 1)]
+    runs = repro.results["runs"]
+    assert runs[0] == {slot: {} for slot in ("stage1", "table3", "stage2", "table2", "fashion")}
+    assert runs[2]["stage1"]["sc"]["shared_from_run"] == 1
+    assert repro.results["seeds"] == {"stage1": [23], "stage2": [42, 43, 44], "classifier": None, "data": 0,
+                                      "first_run": 1}
 
 
 @pytest.mark.parametrize("stem", ["te_small_vqgan_sc", "te_small_vqgan_ours_l2"])

@@ -665,6 +665,9 @@ class Options:
     preset: str | None = None
     #: every run r > 0 reuses run 0's stage-1 tokenizers and tokens; only the stage-2 seed varies
     shared_stage1: bool = False
+    #: start at run ``first_run`` (seeds 23/42 + first_run; with ``shared_stage1`` stage 1 keeps seed 23):
+    #: adds later seeds to an earlier results file (--merge) when its work dir is gone; runs before it stay empty
+    first_run: int = 0
     #: judge each stage-2 prior on ``probe_items`` seen pairs every ``probe_every`` steps (0: never)
     probe_every: int = 0
     probe_items: int = 200
@@ -692,6 +695,8 @@ class Reproduction:
             )
         if opts.runs < 1:
             raise ValueError(f"--runs must be >= 1, got {opts.runs}")
+        if not 0 <= opts.first_run < opts.runs:
+            raise ValueError(f"--first-run must be in [0, --runs), got {opts.first_run} with --runs {opts.runs}")
         if opts.probe_every < 0 or opts.probe_items < 1:
             raise ValueError(f"--probe-every must be >= 0 and --probe-items >= 1, got {opts.probe_every}, "
                              f"{opts.probe_items}")
@@ -733,7 +738,7 @@ class Reproduction:
             },
             "seeds": {"stage1": [23] if opts.shared_stage1 else [23 + r for r in range(opts.runs)],
                       "stage2": [42 + r for r in range(opts.runs)],
-                      "classifier": None, "data": 0},
+                      "classifier": None, "data": 0, "first_run": opts.first_run},
             "tokenizers": self.keys,
             "classifier": {},
             "runs": [{"stage1": {}, "table3": {}, "stage2": {}, "table2": {}, "fashion": {}} for _ in range(opts.runs)],
@@ -844,7 +849,8 @@ class Reproduction:
         else:
             config = (self.opts.stage1_configs or {}).get(key) or self.spec.stage1[key]
         cfg = read_yaml(config)
-        seed = 23 + run
+        # shared stage 1 is trained once, in the first run, always with seed 23 (the recorded stage-1 seed)
+        seed = 23 if self.opts.shared_stage1 else 23 + run
         name = f"{key}_fashion" if fashion else key
         out_dir = self.work / f"run{run}" / "stage1" / name
         overrides, notes = single_device_overrides(cfg, "tokenizer")
@@ -1018,13 +1024,14 @@ class Reproduction:
         classifier = self.unit("classifier", self.classifier_unit)
         tokenizers: dict[str, Any] = {}
         shared: dict[str, Any] = {}
-        for run in range(self.opts.runs):
-            reuse_run0 = bool(run and self.opts.shared_stage1)
+        first = self.opts.first_run
+        for run in range(first, self.opts.runs):
+            reuse_run0 = bool(run > first and self.opts.shared_stage1)
             for key in self.keys:
                 if reuse_run0:
                     got = tokenizers.get(key)
-                    self.results["runs"][run]["stage1"][key] = {**self.results["runs"][0]["stage1"].get(key, {}),
-                                                                "shared_from_run": 0}
+                    self.results["runs"][run]["stage1"][key] = {**self.results["runs"][first]["stage1"].get(key, {}),
+                                                                "shared_from_run": first}
                 else:
                     got = self.unit(f"stage1 {key} run{run}", lambda: self.stage1_unit(key, run))
                     tokenizers[key] = got
@@ -1037,10 +1044,10 @@ class Reproduction:
                 if reuse_run0:
                     dirs = shared[key]
                     self.results["runs"][run]["stage2"].setdefault(key, {})["train_pairs"] = (
-                        self.results["runs"][0]["stage2"].get(key, {}).get("train_pairs"))
+                        self.results["runs"][first]["stage2"].get(key, {}).get("train_pairs"))
                     if reduced:
                         self.results["runs"][run]["table2"].setdefault(key, {})["train_pairs"] = (
-                            self.results["runs"][0]["table2"].get(key, {}).get("train_pairs"))
+                            self.results["runs"][first]["table2"].get(key, {}).get("train_pairs"))
                 else:
                     self.unit(f"table3 {key} run{run}", lambda: self.table3_unit(key, run, tokenizer, dm))
                     dirs = self.unit(f"encode {key} run{run}", lambda: self.encode_unit(key, run, tokenizer, reduced))
@@ -1430,29 +1437,45 @@ def _minutes(seconds: Any) -> str:
 
 
 def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One results dict from runs of the same protocol split by ``--tokenizers`` (e.g. one process per core).
+    """One results dict from parts of the same protocol: one process per tokenizer (``--tokenizers``),
+    or later seeds added with ``--first-run`` (the parts' runs then hold disjoint seeds).
 
-    The parts must agree on the scale, the number of runs and the seeds; each tokenizer's units come
-    from the part that trained it. Commands are joined with " && ", elapsed is the longest part's
-    (they ran side by side), errors, skips and notes are concatenated.
+    The parts must agree on the scale and the stage-1 seeds, and their stage-2 seed lists must be
+    prefixes of one another; each (run, tokenizer) comes from the one part that trained it. Commands are
+    joined with " && ", elapsed is the longest part's (they ran side by side), errors, skips and notes
+    are concatenated.
     """
     if not parts:
         raise ValueError("nothing to merge")
+
+    def held(run: dict[str, Any]) -> set[str]:
+        return {key for units in run.values() if isinstance(units, dict) for key, unit in units.items() if unit}
+
     base = json.loads(json.dumps(parts[0], default=_json_default))
     for other in parts[1:]:
-        for field_ in ("scale", "seeds"):
-            if other.get(field_) != base.get(field_):
-                raise ValueError(f"cannot merge results with different {field_}: {base.get(field_)} vs {other.get(field_)}")
-        if len(other.get("runs", [])) != len(base.get("runs", [])):
-            raise ValueError(f"cannot merge {len(base['runs'])} runs with {len(other['runs'])}")
-        taken = set(base["tokenizers"])
-        clash = taken & set(other["tokenizers"])
+        if other.get("scale") != base.get("scale"):
+            raise ValueError(f"cannot merge results with different scale: {base.get('scale')} vs {other.get('scale')}")
+        mine_seeds, their_seeds = base.get("seeds", {}), other.get("seeds", {})
+        s2a, s2b = mine_seeds.get("stage2", []), their_seeds.get("stage2", [])
+        longer, shorter = (s2a, s2b) if len(s2a) >= len(s2b) else (s2b, s2a)
+        if mine_seeds.get("stage1") != their_seeds.get("stage1") or longer[:len(shorter)] != shorter:
+            raise ValueError(f"cannot merge results with different seeds: {mine_seeds} vs {their_seeds}")
+        for res, s2 in ((base, s2a), (other, s2b)):
+            if len(res.get("runs", [])) != len(s2):
+                raise ValueError(f"cannot merge: {len(res.get('runs', []))} runs but stage-2 seeds {s2}")
+        if len(s2b) > len(s2a):
+            base["seeds"] = {**mine_seeds, "stage2": list(s2b)}
+            base["runs"] += [{slot: {} for slot in ("stage1", "table3", "stage2", "table2", "fashion")}
+                             for _ in range(len(s2b) - len(s2a))]
+        base["seeds"]["first_run"] = min(mine_seeds.get("first_run", 0), their_seeds.get("first_run", 0))
+        clash = sorted({f"{key} run{r}" for r, (mine, theirs) in enumerate(zip(base["runs"], other["runs"]))
+                        for key in held(mine) & held(theirs)})
         if clash:
-            raise ValueError(f"tokenizers {sorted(clash)} are in more than one part")
-        base["tokenizers"] = [k for k in TOKENIZER_ORDER if k in taken | set(other["tokenizers"])]
+            raise ValueError(f"tokenizers {clash} are in more than one part")
+        base["tokenizers"] = [k for k in TOKENIZER_ORDER if k in set(base["tokenizers"]) | set(other["tokenizers"])]
         for mine, theirs in zip(base["runs"], other["runs"]):
             for slot, units in theirs.items():
-                mine.setdefault(slot, {}).update(units)
+                mine.setdefault(slot, {}).update({key: unit for key, unit in units.items() if unit})
         base["timings_s"].update(other.get("timings_s", {}))
         # each part may replace its own tokenizer's stage-1 config (--stage1-config)
         replaced = {**(base.get("options", {}).get("stage1_configs") or {}),
