@@ -625,6 +625,7 @@ def test_merge_results_adds_later_seeds_from_first_run_parts(rt):
     merged = rt.merge_results([old, later("sc", 0.9), later("ours", 0.3)])
     assert merged["seeds"]["stage2"] == [42, 43, 44] and merged["seeds"]["first_run"] == 0
     assert len(merged["runs"]) == 3 and merged["tokenizers"] == ["sc", "ours"]
+    assert merged["options"]["runs"] == 3 and merged["options"]["first_run"] == 0
     full = {k: merged["tables"]["table2"][k]["full"] for k in ("sc", "ours")}
     assert full["sc"]["n"] == 3 and full["sc"]["mean"] == pytest.approx((0.5 + 0.7 + 0.9) / 3)
     assert full["ours"]["n"] == 3 and full["ours"]["mean"] == pytest.approx((0.5 + 0.7 + 0.3) / 3)

@@ -1492,6 +1492,7 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
             base.pop("finished", None)
         base["elapsed_s"] = max(base.get("elapsed_s") or 0, other.get("elapsed_s") or 0)
     base.setdefault("options", {})["tokenizers"] = base["tokenizers"]
+    base["options"]["runs"], base["options"]["first_run"] = len(base["runs"]), base["seeds"].get("first_run", 0)
     base["tables"] = build_tables(base)
     return base
 
